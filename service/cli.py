@@ -1,0 +1,228 @@
+"""The `classifier` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .config import Settings
+from .errors import ClassifierError, invalid_argument, not_found
+from .inference.cache import GraphCache
+from .inference.labels import parse_labels
+from .inference.model import Graph
+from .stores.local import LocalModelStore
+from .wasm.call import GuestCall
+from .wasm.host import Preopen, WasmHost
+
+EXIT_TRAP = 134  # like an abort: the guest trapped rather than exiting
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.store:
+        settings = replace(settings, store_dir=args.store)
+    try:
+        return int(args.handler(args, settings))
+    except ClassifierError as exc:
+        print(f"classifier: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="classifier",
+        description="Image classification with WebAssembly business logic over TensorFlow Lite.",
+    )
+    parser.add_argument(
+        "--store", type=Path, help="local model store (env CLASSIFIER_STORE, default ./.classifier)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="manage the models in the store")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    put = model_commands.add_parser("put", help="store a new version of a model")
+    put.add_argument("name")
+    put.add_argument("model", type=Path, help="a .tflite file")
+    put.add_argument("--labels", type=Path, help="one label per line (default: the model's metadata)")
+    put.set_defaults(handler=_models_put)
+    listing = model_commands.add_parser("list", help="list models")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_models_list)
+    remove = model_commands.add_parser("rm", help="remove a model")
+    remove.add_argument("name")
+    remove.set_defaults(handler=_models_rm)
+
+    classify = commands.add_parser("classify", help="classify images through the business-logic guest")
+    classify.add_argument("images", nargs="+", type=Path)
+    classify.add_argument("--model", required=True)
+    classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument("--guest", type=Path, help="business-logic guest (default: the embedded one)")
+    classify.add_argument("--json", action="store_true", help="one JSON response per line")
+    classify.set_defaults(handler=_classify)
+
+    wasm = commands.add_parser("wasm", help="run WASI guests with the host modules")
+    wasm_commands = wasm.add_subparsers(dest="wasm_command", required=True)
+    run = wasm_commands.add_parser(
+        "run",
+        help="run a WASI command guest, like `wasmedge --dir .:. --nn-preload ... app.wasm args`",
+    )
+    run.add_argument(
+        "--dir",
+        action="append",
+        default=[],
+        metavar="GUEST:HOST",
+        help="preopen HOST as GUEST, read-only (PATH alone: the same path; add :rw to allow writes)",
+    )
+    run.add_argument(
+        "--nn-preload",
+        action="append",
+        default=[],
+        metavar="NAME:TensorflowLite:CPU:PATH",
+        help="a model the guest can open with wasi-nn load_by_name",
+    )
+    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
+    run.add_argument("guest", type=Path)
+    run.add_argument("args", nargs=argparse.REMAINDER)
+    run.set_defaults(handler=_wasm_run)
+    return parser
+
+
+def _models_put(args: argparse.Namespace, settings: Settings) -> int:
+    model = _read(args.model)
+    labels = parse_labels(_read(args.labels).decode("utf-8")) if args.labels else None
+    manifest = LocalModelStore(settings.store_dir).put(args.name, model, labels)
+    source = "labels file" if args.labels else ("model metadata" if manifest.has_labels else "no labels")
+    print(
+        f"stored {manifest.name} version {manifest.version} "
+        f"({manifest.size} bytes, {manifest.num_classes} classes, {source})"
+    )
+    return 0
+
+
+def _models_list(args: argparse.Namespace, settings: Settings) -> int:
+    manifests = LocalModelStore(settings.store_dir).list()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in manifests], indent=2))
+        return 0
+    for m in manifests:
+        tensor = m.spec.inputs[0]
+        shape = "x".join(str(d) for d in tensor.shape)
+        print(f"{m.name}\tv{m.version}\t{tensor.dtype} {shape}\t{m.num_classes} classes\t{m.sha256[:12]}")
+    return 0
+
+
+def _models_rm(args: argparse.Namespace, settings: Settings) -> int:
+    LocalModelStore(settings.store_dir).remove(args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def _classify(args: argparse.Namespace, settings: Settings) -> int:
+    from .pipeline import Classifier  # imported here: the other commands need no guest
+
+    if args.guest:
+        settings = replace(settings, guest=args.guest)
+    classifier = Classifier(settings)
+    failed = 0
+    try:
+        classifier.model(args.model)  # an unknown model fails once, before any image
+        for image in args.images:
+            try:
+                response = classifier.classify(_read(image), args.model, args.top_k)
+            except ClassifierError as exc:
+                failed += 1
+                if args.json:
+                    print(json.dumps({"image": str(image), "error": exc.to_dict()}))
+                print(f"classifier: {image}: {exc.message}", file=sys.stderr)
+                continue
+            if args.json:
+                print(json.dumps({"image": str(image), **response}))
+            else:
+                print(f"{image}: {_summary(response)}")
+    finally:
+        classifier.close()
+    return 1 if failed else 0
+
+
+def _summary(response: dict) -> str:
+    predictions = response.get("predictions")
+    if not isinstance(predictions, list):
+        return json.dumps(response)
+    return ", ".join(
+        f"{p.get('label') or p.get('index')} ({p.get('index')}) {float(p.get('score', 0)):.3f}"
+        for p in predictions
+    )
+
+
+def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
+    host = WasmHost(settings.module_cache_dir)
+    try:
+        guest = host.load_guest_file(args.guest)
+        call = GuestCall(
+            limits=replace(settings.limits, timeout_s=args.timeout),
+            named_graphs={
+                name: Graph(_read(path), settings.interpreter_threads)
+                for name, path in map(_parse_preload, args.nn_preload)
+            },
+            graph_cache=GraphCache(num_threads=settings.interpreter_threads),
+        )
+        result = host.run(
+            guest,
+            args.args,
+            call=call,
+            preopens=[_parse_dir(spec) for spec in args.dir],
+            env=[_parse_env(pair) for pair in args.env],
+            inherit_stdio=True,
+        )
+    finally:
+        host.close()
+    for note in result.call.notes:
+        print(f"classifier: {note}", file=sys.stderr)
+    if result.trap is not None:
+        reason = "deadline exceeded" if result.deadline_exceeded else result.trap
+        print(f"classifier: guest trapped: {reason}", file=sys.stderr)
+        return EXIT_TRAP
+    return result.exit_code or 0
+
+
+def _parse_preload(spec: str) -> tuple[str, Path]:
+    parts = spec.split(":", 3)
+    if len(parts) != 4 or not parts[0] or not parts[3]:
+        raise invalid_argument(f"--nn-preload {spec!r}: expected NAME:TensorflowLite:CPU:PATH")
+    name, encoding, target, path = parts
+    if encoding.lower() not in ("tensorflowlite", "tflite"):
+        raise invalid_argument(f"--nn-preload {spec!r}: only the TensorflowLite encoding is supported")
+    if target.upper() != "CPU":
+        raise invalid_argument(f"--nn-preload {spec!r}: only the CPU target is supported")
+    return name, Path(path)
+
+
+def _parse_dir(spec: str) -> Preopen:
+    writable = spec.endswith(":rw")
+    spec = spec.removesuffix(":rw").removesuffix(":ro")
+    guest_path, _, host_path = spec.partition(":")
+    host = Path(host_path or guest_path)
+    if not host.is_dir():
+        raise invalid_argument(f"--dir {spec!r}: {host} is not a directory")
+    return Preopen(host, guest_path, writable)
+
+
+def _parse_env(pair: str) -> tuple[str, str]:
+    name, sep, value = pair.partition("=")
+    if not sep or not name:
+        raise invalid_argument(f"--env {pair!r}: expected NAME=VALUE")
+    return name, value
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise not_found(f"cannot read {path}: {exc.strerror}") from exc

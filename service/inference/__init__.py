@@ -1,0 +1,1 @@
+"""TensorFlow Lite inference (LiteRT): models, their tensor specs, interpreter pools."""

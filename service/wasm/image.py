@@ -1,0 +1,105 @@
+"""Module `wasmedge_image`: WasmEdge's image-plugin ABI over host-side Pillow decoding.
+
+    load_jpg / load_png / load_image(in_ptr, in_len, out_w, out_h, out_type, out_ptr, out_len) -> errno
+
+The output is written interleaved (HWC): RGB8/BGR8 as bytes, RGB32F/BGR32F as
+little-endian f32 in [0, 1]. Errno 0 is success and 1 any failure, as in WasmEdge;
+the reason goes to the run's notes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import IntEnum
+
+import numpy as np
+import wasmtime
+
+from ..imaging import ImageError, decode_rgb
+from . import call as guest_call
+from .memory import GuestMemory, GuestMemoryError, MissingMemory
+
+MODULE = "wasmedge_image"
+
+
+class ImageErrno(IntEnum):
+    SUCCESS = 0
+    FAIL = 1
+
+
+class OutputType(IntEnum):
+    RGB8 = 0
+    BGR8 = 1
+    RGB32F = 2
+    BGR32F = 3
+
+
+def _pixels_for(out_type: OutputType, rgb: np.ndarray) -> np.ndarray:
+    if out_type in (OutputType.BGR8, OutputType.BGR32F):
+        rgb = rgb[..., ::-1]
+    if out_type in (OutputType.RGB32F, OutputType.BGR32F):
+        return (rgb.astype("<f4") / np.float32(255.0)).reshape(-1).view(np.uint8)
+    return np.ascontiguousarray(rgb).reshape(-1)
+
+
+def _loader(name: str, formats: tuple[str, ...] | None) -> Callable[..., int]:
+    def load(
+        caller: wasmtime.Caller,
+        in_ptr: int,
+        in_len: int,
+        out_w: int,
+        out_h: int,
+        out_type: int,
+        out_ptr: int,
+        out_len: int,
+    ) -> int:
+        call = guest_call.current()
+        try:
+            memory = GuestMemory(caller)
+            encoded = memory.view(in_ptr, in_len)
+            if out_type not in OutputType._value2member_map_:
+                raise ImageError(f"unknown output type {out_type}")
+            kind = OutputType(out_type)
+            channel_bytes = 4 if kind in (OutputType.RGB32F, OutputType.BGR32F) else 1
+            need = out_w * out_h * 3 * channel_bytes
+            if out_len < need:
+                raise ImageError(f"output buffer has {out_len} bytes, {out_w}x{out_h} needs {need}")
+            out = memory.view(out_ptr, need)
+            if call.past_deadline():
+                raise ImageError("deadline exceeded")
+            started = time.perf_counter()
+            try:
+                rgb = decode_rgb(
+                    encoded.data, out_w, out_h, max_pixels=call.limits.max_image_pixels, formats=formats
+                )
+            finally:
+                call.add_host_time("decode", time.perf_counter() - started)
+            out[:] = _pixels_for(kind, rgb)
+            return ImageErrno.SUCCESS
+        except (ImageError, GuestMemoryError) as exc:
+            call.note(f"wasmedge_image {name}: {exc}")
+            return ImageErrno.FAIL
+        except MissingMemory:
+            raise  # a trap, as in WasmEdge
+        except Exception as exc:  # a host bug must not become a trap with a stray exception
+            call.note(f"wasmedge_image {name}: {type(exc).__name__}: {exc}")
+            return ImageErrno.FAIL
+
+    load.__name__ = name
+    return load
+
+
+_I32 = wasmtime.ValType.i32()
+
+FUNCTIONS: dict[str, Callable[..., int]] = {
+    "load_jpg": _loader("load_jpg", ("JPEG",)),
+    "load_png": _loader("load_png", ("PNG",)),
+    "load_image": _loader("load_image", None),
+}
+
+
+def define(linker: wasmtime.Linker) -> None:
+    func_type = wasmtime.FuncType([_I32] * 7, [_I32])
+    for name, function in FUNCTIONS.items():
+        linker.define_func(MODULE, name, func_type, function, access_caller=True)

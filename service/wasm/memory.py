@@ -1,0 +1,50 @@
+"""Bounds-checked, zero-copy access to a guest's linear memory from a host function.
+
+wasmtime-py's Memory.read silently clamps out-of-range reads, so every (ptr, len) a
+guest passes is checked here against the memory's current size first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import wasmtime
+
+
+class GuestMemoryError(Exception):
+    """A guest pointer or length falls outside its linear memory."""
+
+
+class MissingMemory(Exception):
+    """The guest exports no linear memory named `memory` (a trap, as in WasmEdge)."""
+
+
+class GuestMemory:
+    """A view of the calling guest's memory, valid only during one host call
+    (memory.grow may move it)."""
+
+    def __init__(self, caller: wasmtime.Caller) -> None:
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise MissingMemory("guest exports no memory")
+        self.bytes = np.frombuffer(memory.get_buffer_ptr(caller), dtype=np.uint8)
+        self.size = self.bytes.size
+
+    def view(self, ptr: int, length: int) -> np.ndarray:
+        """A writable uint8 view of [ptr, ptr+length), or GuestMemoryError."""
+        if ptr < 0 or length < 0 or ptr + length > self.size:
+            raise GuestMemoryError(f"range {ptr:#x}+{length} is outside guest memory ({self.size})")
+        return self.bytes[ptr : ptr + length]
+
+    def read_bytes(self, ptr: int, length: int) -> bytes:
+        return self.view(ptr, length).tobytes()
+
+    def read_u32s(self, ptr: int, count: int) -> np.ndarray:
+        """`count` little-endian u32 values (a copy; alignment is not required)."""
+        return self.view(ptr, 4 * count).copy().view("<u4")
+
+    def write_u32(self, ptr: int, value: int) -> None:
+        self.view(ptr, 4)[:] = np.frombuffer(int(value).to_bytes(4, "little"), dtype=np.uint8)
+
+    def write(self, ptr: int, data: np.ndarray | bytes) -> None:
+        source = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+        self.view(ptr, source.nbytes)[:] = source.reshape(-1).view(np.uint8)

@@ -1,0 +1,1 @@
+"""Built guests (wasm/bin), shipped inside the package as service.guests."""

@@ -55,6 +55,10 @@ def _loader(name: str, formats: tuple[str, ...] | None) -> Callable[..., int]:
         out_len: int,
     ) -> int:
         call = guest_call.current()
+        # wasmtime passes i32 as signed; every value in this ABI is a u32.
+        in_ptr, in_len, out_w, out_h, out_type, out_ptr, out_len = (
+            arg & 0xFFFFFFFF for arg in (in_ptr, in_len, out_w, out_h, out_type, out_ptr, out_len)
+        )
         try:
             memory = GuestMemory(caller)
             encoded = memory.view(in_ptr, in_len)

@@ -88,7 +88,8 @@ def _abi(function: Callable[..., None]) -> Callable[..., int]:
     def host_function(caller: wasmtime.Caller, *args: int) -> int:
         call = guest_call.current()
         try:
-            function(GuestMemory(caller), call, *args)
+            # wasmtime passes i32 as signed; every value in this ABI is a u32.
+            function(GuestMemory(caller), call, *(arg & 0xFFFFFFFF for arg in args))
             return Errno.SUCCESS
         except NnFailure as exc:
             errno, message = exc.errno, str(exc)

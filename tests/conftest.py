@@ -1,0 +1,78 @@
+"""Shared fixtures: the ../shared data, test guests built once, a store holding every model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from service.pipeline import Classifier
+from service.stores.local import LocalModelStore
+from service.wasm.call import GuestCall, GuestLimits
+from service.wasm.host import GuestResult, Preopen, WasmHost
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODELS = SHARED / "models"
+IMAGES = SHARED / "images"
+
+sys.path.insert(0, str(ROOT / "wasm"))
+from build import compile_guest  # noqa: E402
+
+if not MODELS.is_dir():
+    pytest.exit(f"the shared test data is missing: {SHARED}", returncode=2)
+
+
+@pytest.fixture(scope="session")
+def test_guests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every wasm/testguests/*.c, compiled once per session."""
+    out = tmp_path_factory.mktemp("testguests")
+    return {
+        source.stem: compile_guest(source, out / f"{source.stem}.wasm")
+        for source in sorted((ROOT / "wasm" / "testguests").glob("*.c"))
+    }
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory: pytest.TempPathFactory) -> WasmHost:
+    wasm_host = WasmHost(tmp_path_factory.mktemp("module-cache"))
+    yield wasm_host
+    wasm_host.close()
+
+
+def run_guest(
+    host: WasmHost,
+    wasm: Path,
+    *args: str,
+    stdin: bytes = b"",
+    preopens: tuple[Preopen, ...] = (),
+    env: tuple[tuple[str, str], ...] = (),
+    limits: GuestLimits | None = None,
+) -> GuestResult:
+    guest = host.load_guest_file(wasm)
+    call = GuestCall(limits=limits or GuestLimits())
+    return host.run(guest, list(args), call=call, stdin=stdin, preopens=preopens, env=env)
+
+
+def put_shared_model(store: LocalModelStore, name: str) -> None:
+    labels_file = MODELS / name / "labels.txt"
+    labels = labels_file.read_text().splitlines() if labels_file.exists() else None
+    store.put(name, (MODELS / name / "model.tflite").read_bytes(), labels)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> LocalModelStore:
+    """A local store holding every model in ../shared/models under its folder's name."""
+    store = LocalModelStore(tmp_path_factory.mktemp("store"))
+    for model_dir in sorted(MODELS.iterdir()):
+        put_shared_model(store, model_dir.name)
+    return store
+
+
+@pytest.fixture(scope="session")
+def classifier(model_store: LocalModelStore) -> Classifier:
+    instance = Classifier(Settings(store_dir=model_store.root), store=model_store)
+    yield instance
+    instance.close()

@@ -23,7 +23,13 @@ SOURCE_DIR = WASM_DIR / "src"
 BIN_DIR = WASM_DIR / "bin"
 
 CFLAGS = [
-    "-target", "wasm32-wasi", "-O2", "-s", "-Wall", "-Wextra", "-Werror",
+    "-target",
+    "wasm32-wasi",
+    "-O2",
+    "-s",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
     "-Wl,-z,stack-size=1048576",  # 1 MiB stack (zig defaults to 16 MiB): a smaller memory per run
 ]
 

@@ -148,7 +148,9 @@ class Graph:
         return idle
 
     def _release(self, interpreter: Interpreter) -> None:
-        # Wipe inputs and outputs so the next request cannot read this one's data.
+        # Wipe what the request left behind, so the next one can neither read it nor be
+        # skewed by it: recurrent state (an LSTM's variables) changes later answers.
+        interpreter.reset_all_variables()
         for index in self._input_indexes + self._output_indexes:
             interpreter.tensor(index)().fill(0)
         idle = self._idle()

@@ -14,7 +14,7 @@ from .errors import ClassifierError, invalid_argument, not_found
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
 from .inference.model import Graph
-from .stores.local import LocalModelStore
+from .stores.local import LocalStore
 from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
 
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     model = _read(args.model)
     labels = parse_labels(_read(args.labels).decode("utf-8")) if args.labels else None
-    manifest = LocalModelStore(settings.store_dir).put(args.name, model, labels)
+    manifest = LocalStore(settings.store_dir).put(args.name, model, labels)
     source = "labels file" if args.labels else ("model metadata" if manifest.has_labels else "no labels")
     print(
         f"stored {manifest.name} version {manifest.version} "
@@ -107,7 +107,7 @@ def _models_put(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models_list(args: argparse.Namespace, settings: Settings) -> int:
-    manifests = LocalModelStore(settings.store_dir).list()
+    manifests = LocalStore(settings.store_dir).list()
     if args.json:
         print(json.dumps([m.to_dict() for m in manifests], indent=2))
         return 0
@@ -119,7 +119,7 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models_rm(args: argparse.Namespace, settings: Settings) -> int:
-    LocalModelStore(settings.store_dir).remove(args.name)
+    LocalStore(settings.store_dir).remove(args.name)
     print(f"removed {args.name}")
     return 0
 

@@ -9,7 +9,7 @@ import pytest
 
 from service.config import Settings
 from service.pipeline import Classifier
-from service.stores.local import LocalModelStore
+from service.stores.local import LocalStore
 from service.wasm.call import GuestCall, GuestLimits
 from service.wasm.host import GuestResult, Preopen, WasmHost
 
@@ -56,23 +56,23 @@ def run_guest(
     return host.run(guest, list(args), call=call, stdin=stdin, preopens=preopens, env=env)
 
 
-def put_shared_model(store: LocalModelStore, name: str) -> None:
+def put_shared_model(store: LocalStore, name: str) -> None:
     labels_file = MODELS / name / "labels.txt"
     labels = labels_file.read_text().splitlines() if labels_file.exists() else None
     store.put(name, (MODELS / name / "model.tflite").read_bytes(), labels)
 
 
 @pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> LocalModelStore:
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
     """A local store holding every model in ../shared/models under its folder's name."""
-    store = LocalModelStore(tmp_path_factory.mktemp("store"))
+    store = LocalStore(tmp_path_factory.mktemp("store"))
     for model_dir in sorted(MODELS.iterdir()):
         put_shared_model(store, model_dir.name)
     return store
 
 
 @pytest.fixture(scope="session")
-def classifier(model_store: LocalModelStore) -> Classifier:
+def classifier(model_store: LocalStore) -> Classifier:
     instance = Classifier(Settings(store_dir=model_store.root), store=model_store)
     yield instance
     instance.close()

@@ -1,4 +1,10 @@
-"""What every model store keeps for a model: a manifest plus the files the guest reads."""
+"""The store contract: what every store keeps for a model or a guest, and how it is asked for it.
+
+Two stores implement it: `local.LocalStore` (a directory, the embedded default) and
+`dapr.DaprStore` (a Dapr state store through the sidecar). Both hand out models as files
+on local disk, since the guest reads the labels from a preopened directory and LiteRT
+takes the model bytes.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,29 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..errors import invalid_argument
+import wasmtime
+
+from ..errors import ClassifierError, ErrorKind, invalid_argument
 from ..inference.labels import labels_from_metadata
 from ..inference.model import ModelSpec, inspect_model
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
+GUEST_FILE = "guest.wasm"
+MAX_GUEST_ARGS = 64
+
+
+def store_unavailable(message: str) -> ClassifierError:
+    """A transient fault: the store (or its sidecar) cannot be reached now."""
+    return ClassifierError(ErrorKind.UNAVAILABLE, message)
+
+
+def store_fault(message: str) -> ClassifierError:
+    """What the store holds is damaged: a missing chunk, a digest that does not match."""
+    return ClassifierError(ErrorKind.INTERNAL, message)
 
 
 def check_name(name: str) -> str:
@@ -60,7 +80,7 @@ class ModelManifest:
             sha256=str(data["sha256"]),
             size=int(data["size"]),
             spec=ModelSpec.from_dict(data),
-            has_labels=bool(data.get("labels", False)),
+            has_labels=bool(data.get("labels")),  # a flag here, the list itself in the Dapr store
             created=float(data.get("created", 0.0)),
         )
 
@@ -108,3 +128,100 @@ def prepare_model(
     if labels is not None:
         manifest = replace(manifest, has_labels=True)
     return manifest, labels
+
+
+@dataclass(frozen=True)
+class GuestManifest:
+    """A business-logic guest. `args` is the argument template of a command-style guest
+    (placeholders `{model}` and `{image}`); None means the default guest interface."""
+
+    name: str
+    version: int
+    sha256: str
+    size: int
+    args: tuple[str, ...] | None
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+            "args": list(self.args) if self.args is not None else None,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuestManifest:
+        args = data.get("args")
+        return cls(
+            name=str(data["name"]),
+            version=int(data["version"]),
+            sha256=str(data["sha256"]),
+            size=int(data["size"]),
+            args=tuple(str(a) for a in args) if args is not None else None,
+            created=float(data.get("created", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class StoredGuest:
+    manifest: GuestManifest
+    wasm: bytes
+
+
+def prepare_guest(name: str, wasm: bytes, args: tuple[str, ...] | None, version: int) -> GuestManifest:
+    """Validate a guest before any store keeps it."""
+    check_name(name)
+    try:
+        wasmtime.Module.validate(wasmtime.Engine(), wasm)
+    except wasmtime.WasmtimeError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise invalid_argument(f"{name}: not a valid wasm module: {message}") from exc
+    if args is not None and len(args) > MAX_GUEST_ARGS:
+        raise invalid_argument(f"{name}: more than {MAX_GUEST_ARGS} guest arguments")
+    return GuestManifest(
+        name=name,
+        version=version,
+        sha256=hashlib.sha256(wasm).hexdigest(),
+        size=len(wasm),
+        args=args,
+        created=time.time(),
+    )
+
+
+class Progress(Protocol):
+    def __call__(self, done: int, total: int) -> None: ...
+
+
+class Store(Protocol):
+    """Models and guests, by name, each with a current version."""
+
+    def put(
+        self, name: str, model: bytes, labels: list[str] | None = None, progress: Progress | None = None
+    ) -> ModelManifest: ...
+
+    def manifest(self, name: str) -> ModelManifest:
+        """The current version's manifest: cheap, for polling."""
+        ...
+
+    def get(self, name: str) -> StoredModel:
+        """The current version, as files on local disk, its digest verified."""
+        ...
+
+    def list(self) -> list[ModelManifest]: ...
+
+    def remove(self, name: str) -> None: ...
+
+    def put_guest(
+        self, name: str, wasm: bytes, args: tuple[str, ...] | None = None, progress: Progress | None = None
+    ) -> GuestManifest: ...
+
+    def guest_manifest(self, name: str) -> GuestManifest: ...
+
+    def get_guest(self, name: str) -> StoredGuest: ...
+
+    def list_guests(self) -> list[GuestManifest]: ...
+
+    def remove_guest(self, name: str) -> None: ...

@@ -2,6 +2,8 @@
 
     <root>/models/<name>/current          the active version number
     <root>/models/<name>/<version>/       model.tflite, labels.txt, manifest.json
+    <root>/guests/<name>/current
+    <root>/guests/<name>/<version>/       guest.wasm, manifest.json
 
 Each version has its own directory and `current` is replaced atomically, so a request
 that started on a version keeps reading that version's files.
@@ -17,12 +19,17 @@ from pathlib import Path
 
 from ..errors import not_found
 from .base import (
+    GUEST_FILE,
     LABELS_FILE,
     MODEL_FILE,
     NAME_PATTERN,
+    GuestManifest,
     ModelManifest,
+    Progress,
+    StoredGuest,
     StoredModel,
     check_name,
+    prepare_guest,
     prepare_model,
 )
 
@@ -30,62 +37,122 @@ MANIFEST_FILE = "manifest.json"
 KEEP_VERSIONS = 2
 
 
-class LocalModelStore:
+class _VersionedDirs:
+    """`<root>/<name>/<version>/` directories with an atomically switched `current`."""
+
+    def __init__(self, root: Path, kind: str) -> None:
+        self.root = root
+        self.kind = kind
+
+    def current_version(self, name: str) -> int:
+        if not NAME_PATTERN.match(name):
+            return 0
+        try:
+            return int((self.root / name / "current").read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def current_dir(self, name: str) -> Path:
+        version = self.current_version(name)
+        if version == 0:
+            raise not_found(f"{self.kind} {name!r} not found in {self.root.parent}")
+        return self.root / name / str(version)
+
+    def manifest_data(self, name: str) -> dict:
+        return json.loads((self.current_dir(name) / MANIFEST_FILE).read_text())
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "current").exists())
+
+    def publish(self, name: str, version: int, files: dict[str, bytes], manifest: dict) -> None:
+        """Write a version's files, then make it current."""
+        item_dir = self.root / name
+        item_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=item_dir, prefix=".staging-"))
+        for file_name, data in files.items():
+            (staging / file_name).write_bytes(data)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        staging.chmod(0o755)
+        os.replace(staging, item_dir / str(version))
+        _write_text_atomically(item_dir / "current", f"{version}\n")
+        for entry in item_dir.iterdir():
+            if entry.name.isdigit() and int(entry.name) <= version - KEEP_VERSIONS:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def remove(self, name: str) -> None:
+        self.current_dir(name)  # NOT_FOUND if absent
+        shutil.rmtree(self.root / name)
+
+
+class LocalStore:
+    """Models and guests in a local directory."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.models_dir = self.root / "models"
+        self._models = _VersionedDirs(self.root / "models", "model")
+        self._guests = _VersionedDirs(self.root / "guests", "guest")
 
-    def put(self, name: str, model: bytes, labels: list[str] | None = None) -> ModelManifest:
+    @property
+    def models_dir(self) -> Path:
+        return self._models.root
+
+    # -- models ---------------------------------------------------------------------------
+
+    def put(
+        self, name: str, model: bytes, labels: list[str] | None = None, progress: Progress | None = None
+    ) -> ModelManifest:
         """Store a new version of a model; labels default to those in its metadata."""
-        version = self._current_version(check_name(name)) + 1
+        version = self._models.current_version(check_name(name)) + 1
         manifest, labels = prepare_model(name, model, labels, version)
-        model_dir = self.models_dir / name
-        model_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
-        (staging / MODEL_FILE).write_bytes(model)
+        files = {MODEL_FILE: model}
         if labels is not None:
-            (staging / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2))
-        staging.chmod(0o755)
-        os.replace(staging, model_dir / str(version))
-        _write_text_atomically(model_dir / "current", f"{version}\n")
-        self._prune(model_dir, version)
+            files[LABELS_FILE] = ("\n".join(labels) + "\n").encode("utf-8")
+        self._models.publish(name, version, files, manifest.to_dict())
+        if progress is not None:
+            progress(len(model), len(model))
         return manifest
 
+    def manifest(self, name: str) -> ModelManifest:
+        return ModelManifest.from_dict(self._models.manifest_data(name))
+
     def get(self, name: str) -> StoredModel:
-        version = self._current_version(name) if self._valid(name) else 0
-        if version == 0:
-            raise not_found(f"model {name!r} not found in {self.root}")
-        directory = self.models_dir / name / str(version)
+        directory = self._models.current_dir(name)
         manifest = ModelManifest.from_dict(json.loads((directory / MANIFEST_FILE).read_text()))
         return StoredModel(manifest=manifest, directory=directory)
 
     def list(self) -> list[ModelManifest]:
-        if not self.models_dir.is_dir():
-            return []
-        names = sorted(p.name for p in self.models_dir.iterdir() if (p / "current").exists())
-        return [self.get(name).manifest for name in names]
+        return [self.manifest(name) for name in self._models.names()]
 
     def remove(self, name: str) -> None:
-        if not self._valid(name) or self._current_version(name) == 0:
-            raise not_found(f"model {name!r} not found in {self.root}")
-        shutil.rmtree(self.models_dir / name)
+        self._models.remove(name)
 
-    @staticmethod
-    def _valid(name: str) -> bool:
-        return NAME_PATTERN.match(name) is not None
+    # -- guests ---------------------------------------------------------------------------
 
-    def _current_version(self, name: str) -> int:
-        try:
-            return int((self.models_dir / name / "current").read_text().strip())
-        except (OSError, ValueError):
-            return 0
+    def put_guest(
+        self, name: str, wasm: bytes, args: tuple[str, ...] | None = None, progress: Progress | None = None
+    ) -> GuestManifest:
+        version = self._guests.current_version(check_name(name)) + 1
+        manifest = prepare_guest(name, wasm, args, version)
+        self._guests.publish(name, version, {GUEST_FILE: wasm}, manifest.to_dict())
+        if progress is not None:
+            progress(len(wasm), len(wasm))
+        return manifest
 
-    @staticmethod
-    def _prune(model_dir: Path, current: int) -> None:
-        for entry in model_dir.iterdir():
-            if entry.name.isdigit() and int(entry.name) <= current - KEEP_VERSIONS:
-                shutil.rmtree(entry, ignore_errors=True)
+    def guest_manifest(self, name: str) -> GuestManifest:
+        return GuestManifest.from_dict(self._guests.manifest_data(name))
+
+    def get_guest(self, name: str) -> StoredGuest:
+        directory = self._guests.current_dir(name)
+        manifest = GuestManifest.from_dict(json.loads((directory / MANIFEST_FILE).read_text()))
+        return StoredGuest(manifest=manifest, wasm=(directory / GUEST_FILE).read_bytes())
+
+    def list_guests(self) -> list[GuestManifest]:
+        return [self.guest_manifest(name) for name in self._guests.names()]
+
+    def remove_guest(self, name: str) -> None:
+        self._guests.remove(name)
 
 
 def _write_text_atomically(path: Path, text: str) -> None:

@@ -1,0 +1,304 @@
+"""The Dapr state store: models and guests kept as a manifest plus chunks, through the sidecar.
+
+    models                      JSON list of model names (state stores cannot list keys)
+    model/<name>                manifest: name, version, sha256, size, chunks, tensor specs, labels
+    model/<name>/<sha16>/<i>    chunk i of that version, at most 1 MiB
+    guests, guest/<name>, guest/<name>/<sha16>/<i>     the same for guests
+
+Chunks stay under Dapr's default 4 MiB body limit whatever the model's size, and are read
+with bulk get in batches under it. Chunk keys are named by the version's digest, so a new
+upload never overwrites what a reader of the current version is fetching; the manifest
+is written last, with the previous manifest's etag, so a concurrent upload fails cleanly
+instead of interleaving. Fetched versions are verified against the manifest's sha256
+and cached on local disk by digest, so a restart does not fetch them again.
+
+The components set `keyPrefix: name`, so the uploader (any app id) and the service see
+the same keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from dapr.clients import DaprClient
+from dapr.clients.grpc._state import Concurrency, Consistency, StateOptions
+
+from ..errors import ClassifierError, ErrorKind, not_found
+from .base import (
+    LABELS_FILE,
+    MODEL_FILE,
+    GuestManifest,
+    ModelManifest,
+    Progress,
+    StoredGuest,
+    StoredModel,
+    check_name,
+    prepare_guest,
+    prepare_model,
+    store_fault,
+    store_unavailable,
+)
+
+CHUNK_BYTES = 1 << 20
+BULK_GET_BYTES = 3 << 20  # one bulk get stays under the default 4 MiB message limits
+MANIFEST_FILE = "manifest.json"
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_FIRST_WRITE = StateOptions(concurrency=Concurrency.first_write, consistency=Consistency.strong)
+
+T = TypeVar("T")
+
+
+class DaprStore:
+    """Models and guests in a Dapr state store. Thread-safe (the client's channel is)."""
+
+    def __init__(self, client: DaprClient, cache_dir: Path, store_name: str = "statestore") -> None:
+        self.client = client
+        self.store_name = store_name
+        self.cache_dir = Path(cache_dir)
+
+    # -- models ---------------------------------------------------------------------------
+
+    def put(
+        self, name: str, model: bytes, labels: list[str] | None = None, progress: Progress | None = None
+    ) -> ModelManifest:
+        check_name(name)
+        previous, etag = self._read_json(f"model/{name}")
+        version = int(previous["version"]) + 1 if previous else 1
+        manifest, labels = prepare_model(name, model, labels, version)
+        record = {
+            **manifest.to_dict(),
+            "labels": labels,
+            **self._put_chunks(f"model/{name}", model, progress),
+        }
+        self._replace_manifest(f"model/{name}", record, etag, previous)
+        self._add_to_index("models", name)
+        return manifest
+
+    def manifest(self, name: str) -> ModelManifest:
+        return ModelManifest.from_dict(self._manifest_record(f"model/{name}", "model", name))
+
+    def get(self, name: str) -> StoredModel:
+        record = self._manifest_record(f"model/{name}", "model", name)
+        manifest = ModelManifest.from_dict(record)
+        # Keyed by content (the model's and the labels' bytes), not by name or version.
+        labels_digest = hashlib.sha256(json.dumps(record.get("labels")).encode()).hexdigest()[:16]
+        directory = self.cache_dir / "models" / f"{manifest.sha256}-{labels_digest}"
+        if not (directory / MANIFEST_FILE).exists():
+            model = self._get_chunks(f"model/{name}", record, f"model {name!r} version {manifest.version}")
+            files = {MODEL_FILE: model}
+            if record.get("labels"):
+                files[LABELS_FILE] = ("\n".join(record["labels"]) + "\n").encode("utf-8")
+            _write_dir(directory, files, manifest.to_dict())
+        return StoredModel(manifest=manifest, directory=directory)
+
+    def list(self) -> list[ModelManifest]:
+        return self._list_index("models", self.manifest)
+
+    def remove(self, name: str) -> None:
+        record = self._manifest_record(f"model/{name}", "model", name)
+        self._remove(f"model/{name}", record, "models", name)
+
+    # -- guests ---------------------------------------------------------------------------
+
+    def put_guest(
+        self, name: str, wasm: bytes, args: tuple[str, ...] | None = None, progress: Progress | None = None
+    ) -> GuestManifest:
+        check_name(name)
+        previous, etag = self._read_json(f"guest/{name}")
+        version = int(previous["version"]) + 1 if previous else 1
+        manifest = prepare_guest(name, wasm, args, version)
+        record = {**manifest.to_dict(), **self._put_chunks(f"guest/{name}", wasm, progress)}
+        self._replace_manifest(f"guest/{name}", record, etag, previous)
+        self._add_to_index("guests", name)
+        return manifest
+
+    def guest_manifest(self, name: str) -> GuestManifest:
+        return GuestManifest.from_dict(self._manifest_record(f"guest/{name}", "guest", name))
+
+    def get_guest(self, name: str) -> StoredGuest:
+        record = self._manifest_record(f"guest/{name}", "guest", name)
+        manifest = GuestManifest.from_dict(record)
+        cached = self.cache_dir / "guests" / f"{manifest.sha256}.wasm"
+        if cached.exists():
+            return StoredGuest(manifest=manifest, wasm=cached.read_bytes())
+        wasm = self._get_chunks(f"guest/{name}", record, f"guest {name!r} version {manifest.version}")
+        _write_file(cached, wasm)
+        return StoredGuest(manifest=manifest, wasm=wasm)
+
+    def list_guests(self) -> list[GuestManifest]:
+        return self._list_index("guests", self.guest_manifest)
+
+    def remove_guest(self, name: str) -> None:
+        record = self._manifest_record(f"guest/{name}", "guest", name)
+        self._remove(f"guest/{name}", record, "guests", name)
+
+    # -- chunks and manifests -------------------------------------------------------------
+
+    def _put_chunks(self, key: str, data: bytes, progress: Progress | None) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        count = max(1, -(-len(data) // CHUNK_BYTES))
+        for i in range(count):
+            chunk = data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]
+            self._call(self.client.save_state, self.store_name, _chunk_key(key, digest, i), chunk)
+            if progress is not None:
+                progress(min((i + 1) * CHUNK_BYTES, len(data)), len(data))
+        return {"chunk_size": CHUNK_BYTES, "chunks": count}
+
+    def _get_chunks(self, key: str, record: dict[str, Any], what: str) -> bytes:
+        digest, count = str(record["sha256"]), int(record["chunks"])
+        chunk_size = int(record.get("chunk_size", CHUNK_BYTES))
+        per_batch = max(1, BULK_GET_BYTES // chunk_size)
+        chunks: dict[str, bytes] = {}
+        keys = [_chunk_key(key, digest, i) for i in range(count)]
+        for start in range(0, count, per_batch):
+            batch = keys[start : start + per_batch]
+            response = self._call(self.client.get_bulk_state, self.store_name, batch, parallelism=len(batch))
+            for item in response.items:
+                if item.error:
+                    raise store_unavailable(f"{what}: reading {item.key}: {item.error}")
+                chunks[item.key] = item.data if isinstance(item.data, bytes) else str(item.data).encode()
+        missing = [i for i, k in enumerate(keys) if not chunks.get(k)]
+        if missing:
+            raise store_fault(f"{what}: chunk {missing[0]} of {count} is missing from the store")
+        data = b"".join(chunks[k] for k in keys)
+        if len(data) != int(record["size"]) or hashlib.sha256(data).hexdigest() != digest:
+            raise store_fault(f"{what}: the stored bytes do not match the manifest's sha256")
+        return data
+
+    def _replace_manifest(
+        self, key: str, record: dict[str, Any], etag: str | None, previous: dict[str, Any] | None
+    ) -> None:
+        """Write the manifest last, only if nobody else replaced it meanwhile; then drop the
+        chunks of the version before the previous one (a reader may still be on the previous)."""
+        if previous and previous.get("sha256") != record["sha256"]:
+            record["previous"] = {"sha256": previous["sha256"], "chunks": previous.get("chunks", 0)}
+        elif previous:
+            record["previous"] = previous.get("previous")
+        try:
+            self._call(
+                self.client.save_state,
+                self.store_name,
+                key,
+                json.dumps(record),
+                etag=etag,
+                options=_FIRST_WRITE if etag else None,
+            )
+        except _Conflict as exc:
+            raise store_fault(f"{key} was changed by another upload meanwhile; try again") from exc
+        stale = previous.get("previous") if previous else None
+        if stale and stale.get("sha256") not in (record["sha256"], previous.get("sha256")):
+            self._delete_chunks(key, stale)
+
+    def _delete_chunks(self, key: str, version: dict[str, Any]) -> None:
+        for i in range(int(version.get("chunks", 0))):
+            self._call(self.client.delete_state, self.store_name, _chunk_key(key, str(version["sha256"]), i))
+
+    def _manifest_record(self, key: str, kind: str, name: str) -> dict[str, Any]:
+        record, _ = self._read_json(key)
+        if record is None:
+            raise not_found(f"{kind} {name!r} not found in state store {self.store_name!r}")
+        return record
+
+    def _read_json(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        response = self._call(self.client.get_state, self.store_name, key)
+        if not response.data:
+            return None, None
+        try:
+            record = json.loads(response.data)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise store_fault(f"{key} in state store {self.store_name!r} is not valid JSON: {exc}") from exc
+        return record, response.etag or None
+
+    def _add_to_index(self, index: str, name: str) -> None:
+        self._update_index(index, lambda names: sorted({*names, name}))
+
+    def _update_index(self, index: str, change: Callable[[list[str]], list[str]]) -> None:
+        for _ in range(8):  # optimistic concurrency: retry on a concurrent update
+            response = self._call(self.client.get_state, self.store_name, index)
+            names = json.loads(response.data) if response.data else []
+            updated = change(names)
+            try:
+                self._call(
+                    self.client.save_state,
+                    self.store_name,
+                    index,
+                    json.dumps(updated),
+                    etag=response.etag or None,
+                    options=_FIRST_WRITE if response.etag else None,
+                )
+                return
+            except _Conflict:
+                continue
+        raise store_unavailable(f"the {index} index kept changing; try again")
+
+    def _list_index(self, index: str, manifest: Callable[[str], T]) -> list[T]:
+        response = self._call(self.client.get_state, self.store_name, index)
+        result = []
+        for name in json.loads(response.data) if response.data else []:
+            try:
+                result.append(manifest(name))
+            except ClassifierError as exc:
+                if exc.kind != ErrorKind.NOT_FOUND:  # removed meanwhile
+                    raise
+        return result
+
+    def _remove(self, key: str, record: dict[str, Any], index: str, name: str) -> None:
+        self._update_index(index, lambda names: [n for n in names if n != name])
+        self._call(self.client.delete_state, self.store_name, key)
+        self._delete_chunks(key, record)
+        if record.get("previous"):
+            self._delete_chunks(key, record["previous"])
+
+    def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one sidecar call, turning gRPC failures into the store's errors."""
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            if code == grpc.StatusCode.ABORTED:
+                raise _Conflict(details) from exc
+            if code in _TRANSIENT:
+                raise store_unavailable(f"state store {self.store_name!r} unavailable: {details}") from exc
+            raise store_fault(f"state store {self.store_name!r}: {code}: {details}") from exc
+
+
+class _Conflict(Exception):
+    """An etag did not match: somebody else wrote the key first."""
+
+
+def _chunk_key(key: str, digest: str, index: int) -> str:
+    return f"{key}/{digest[:16]}/{index}"
+
+
+def _write_dir(directory: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".staging-"))
+    try:
+        for file_name, data in files.items():
+            (staging / file_name).write_bytes(data)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        staging.chmod(0o755)
+        os.replace(staging, directory)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (directory / MANIFEST_FILE).exists():  # not another thread's finished copy
+            raise
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    os.replace(tmp, path)

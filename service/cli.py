@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Settings
+from .config import ServeSettings, Settings
 from .errors import ClassifierError, invalid_argument, not_found
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
 from .inference.model import Graph
-from .stores.local import LocalStore
+from .stores.base import Store
 from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
 
@@ -32,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClassifierError as exc:
         print(f"classifier: {exc.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +61,49 @@ def _parser() -> argparse.ArgumentParser:
     remove = model_commands.add_parser("rm", help="remove a model")
     remove.add_argument("name")
     remove.set_defaults(handler=_models_rm)
+
+    guests = commands.add_parser("guests", help="manage the business-logic guests in the store")
+    guest_commands = guests.add_subparsers(dest="guests_command", required=True)
+    guest_put = guest_commands.add_parser("put", help="store a new version of a guest")
+    guest_put.add_argument("name")
+    guest_put.add_argument("wasm", type=Path, help="a .wasm WASI command")
+    guest_put.add_argument(
+        "--args",
+        help="args template of a command-style guest, e.g. '{model} {image}' (default: default interface)",
+    )
+    guest_put.set_defaults(handler=_guests_put)
+    guest_list = guest_commands.add_parser("list", help="list guests")
+    guest_list.add_argument("--json", action="store_true")
+    guest_list.set_defaults(handler=_guests_list)
+    guest_rm = guest_commands.add_parser("rm", help="remove a guest")
+    guest_rm.add_argument("name")
+    guest_rm.set_defaults(handler=_guests_rm)
+
+    serve = commands.add_parser("serve", help="run the Dapr gRPC app (APP_PORT, default 50051)")
+    serve.add_argument("--port", type=int, help="default: APP_PORT or 50051")
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start `classifier serve` on the local store and classify images through it as daprd would",
+    )
+    demo.add_argument("images", nargs="+", type=Path)
+    demo.add_argument("--model", required=True)
+    demo.add_argument("--top-k", type=int, default=3)
+    demo.set_defaults(handler=_demo)
+
+    invoke = commands.add_parser("invoke", help="classify images through the sidecar (service invocation)")
+    invoke.add_argument("images", nargs="+", type=Path)
+    invoke.add_argument("--model")
+    invoke.add_argument("--top-k", type=int)
+    invoke.add_argument("--app-id", default="image-classifier")
+    invoke.set_defaults(handler=_invoke)
+
+    publish = commands.add_parser("publish", help="publish images to the images topic through the sidecar")
+    publish.add_argument("images", nargs="+", type=Path)
+    publish.add_argument("--model")
+    publish.add_argument("--top-k", type=int)
+    publish.set_defaults(handler=_publish)
 
     classify = commands.add_parser("classify", help="classify images through the business-logic guest")
     classify.add_argument("images", nargs="+", type=Path)
@@ -94,20 +141,63 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store(settings: Settings) -> Store:
+    """The Dapr state store when a sidecar is configured (DAPR_GRPC_PORT), else the local one."""
+    from .edge.app import connect_store  # the Dapr SDK loads only when it is needed
+
+    store, _ = connect_store(settings, ServeSettings.from_env())
+    return store
+
+
+def _progress(label: str):
+    interactive = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        line = f"{label} [{'#' * filled}{'.' * (width - filled)}] {done >> 10}/{total >> 10} KiB"
+        if interactive:
+            print(f"\r{line}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        elif done >= total:
+            print(line, file=sys.stderr)
+
+    return show
+
+
+def _announce(kind: str, name: str, version: int) -> None:
+    """Tell running services about a new version (they also poll): best effort."""
+    serve = ServeSettings.from_env()
+    if not serve.dapr:
+        return
+    from dapr.clients import DaprClient
+
+    try:
+        with DaprClient() as client:
+            client.publish_event(
+                serve.pubsub,
+                serve.updates_topic,
+                json.dumps({"kind": kind, "name": name, "version": version}),
+                data_content_type="application/json",
+            )
+    except Exception as exc:  # the services' polling picks the version up anyway
+        print(f"classifier: could not publish to {serve.updates_topic}: {exc}", file=sys.stderr)
+
+
 def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     model = _read(args.model)
     labels = parse_labels(_read(args.labels).decode("utf-8")) if args.labels else None
-    manifest = LocalStore(settings.store_dir).put(args.name, model, labels)
+    manifest = _store(settings).put(args.name, model, labels, progress=_progress(f"uploading {args.name}"))
     source = "labels file" if args.labels else ("model metadata" if manifest.has_labels else "no labels")
     print(
         f"stored {manifest.name} version {manifest.version} "
         f"({manifest.size} bytes, {manifest.num_classes} classes, {source})"
     )
+    _announce("model", manifest.name, manifest.version)
     return 0
 
 
 def _models_list(args: argparse.Namespace, settings: Settings) -> int:
-    manifests = LocalStore(settings.store_dir).list()
+    manifests = _store(settings).list()
     if args.json:
         print(json.dumps([m.to_dict() for m in manifests], indent=2))
         return 0
@@ -119,8 +209,93 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models_rm(args: argparse.Namespace, settings: Settings) -> int:
-    LocalStore(settings.store_dir).remove(args.name)
+    _store(settings).remove(args.name)
     print(f"removed {args.name}")
+    _announce("model", args.name, 0)
+    return 0
+
+
+def _guests_put(args: argparse.Namespace, settings: Settings) -> int:
+    template = tuple(args.args.split()) if args.args is not None else None
+    manifest = _store(settings).put_guest(
+        args.name, _read(args.wasm), template, progress=_progress(f"uploading {args.name}")
+    )
+    print(f"stored guest {manifest.name} version {manifest.version} ({manifest.size} bytes)")
+    _announce("guest", manifest.name, manifest.version)
+    return 0
+
+
+def _guests_list(args: argparse.Namespace, settings: Settings) -> int:
+    manifests = _store(settings).list_guests()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in manifests], indent=2))
+        return 0
+    for m in manifests:
+        template = " ".join(m.args) if m.args is not None else "(default interface)"
+        print(f"{m.name}\tv{m.version}\t{m.size} bytes\t{m.sha256[:12]}\t{template}")
+    return 0
+
+
+def _guests_rm(args: argparse.Namespace, settings: Settings) -> int:
+    _store(settings).remove_guest(args.name)
+    print(f"removed guest {args.name}")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .edge.app import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve_settings = ServeSettings.from_env()
+    if args.port is not None:
+        serve_settings = replace(serve_settings, port=args.port)
+    return serve(settings, serve_settings)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import run_demo
+
+    return run_demo(settings, args.images, args.model, args.top_k)
+
+
+def _invoke(args: argparse.Namespace, settings: Settings) -> int:
+    from dapr.clients import DaprClient
+
+    query = tuple((k, str(v)) for k, v in (("model", args.model), ("top_k", args.top_k)) if v is not None)
+    failed = 0
+    with DaprClient() as client:
+        for image in args.images:
+            try:
+                response = client.invoke_method(
+                    args.app_id,
+                    "classify",
+                    data=_read(image),
+                    content_type="application/octet-stream",
+                    http_verb="POST",
+                    http_querystring=query or None,
+                )
+                print(json.dumps({"image": str(image), **json.loads(response.data)}))
+            except Exception as exc:  # the sidecar's HTTP error carries the service's JSON error
+                failed += 1
+                print(f"classifier: {image}: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    from dapr.clients import DaprClient
+
+    serve = ServeSettings.from_env()
+    with DaprClient(max_grpc_message_length=serve.max_message_bytes) as client:
+        for image in args.images:
+            body: dict[str, object] = {"image_base64": base64.b64encode(_read(image)).decode()}
+            if args.model:
+                body["model"] = args.model
+            if args.top_k:
+                body["top_k"] = args.top_k
+            client.publish_event(
+                serve.pubsub, serve.images_topic, json.dumps(body), data_content_type="application/json"
+            )
+            print(f"published {image} to {serve.pubsub}/{serve.images_topic}")
     return 0
 
 

@@ -1,0 +1,110 @@
+"""`classifier demo`: the service end to end with no Dapr installed.
+
+Starts `classifier serve` on the local store (no sidecar), then does what daprd does
+with a gRPC app: waits for the port, lists the subscriptions, polls the health check
+until the models are loaded, and sends each image through `OnInvoke` the way
+`dapr invoke --method classify --data-file IMAGE` would (raw bytes, content type
+application/json). Ends with SIGTERM, as `dapr run` does, and reports the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+from google.protobuf import any_pb2, empty_pb2
+
+from .config import Settings
+
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> int:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAPR_")}  # the embedded store
+    env.update(APP_PORT=str(port), CLASSIFIER_STORE=str(settings.store_dir), CLASSIFIER_MODELS=model)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    print(f"started classifier serve (pid {server.pid}) on port {port}")
+    failed = 0
+    server_failed = False
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            _wait_healthy(channel, server)
+            print("healthy; classifying through OnInvoke, as daprd would")
+            app = appcallback_pb2_grpc.AppCallbackStub(channel)
+            for image in images:
+                request = common_pb2.InvokeRequest(
+                    method="classify",
+                    data=any_pb2.Any(value=image.read_bytes()),
+                    content_type="application/json",  # what `dapr invoke --data-file` sends
+                    http_extension=common_pb2.HTTPExtension(
+                        verb=common_pb2.HTTPExtension.POST, querystring=f"model={model}&top_k={top_k}"
+                    ),
+                )
+                try:
+                    response = app.OnInvoke(request, timeout=30)
+                    print(f"{image}: {_summary(json.loads(response.data.value))}")
+                except grpc.RpcError as exc:
+                    failed += 1
+                    print(f"{image}: {exc.code().name} {exc.details()}")
+    except RuntimeError as exc:
+        print(f"classifier demo: {exc}", file=sys.stderr)
+        server_failed = True
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            code = server.wait()
+        server_log = server.stderr.read() if server.stderr is not None else ""
+        if server_failed or code != 0:
+            sys.stderr.write(server_log[-4000:])
+        print(f"classifier serve stopped on SIGTERM with exit code {code}")
+    return 1 if failed or server_failed or code != 0 else 0
+
+
+def _wait_healthy(channel: grpc.Channel, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    health = channel.unary_unary(
+        "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck",
+        request_serializer=empty_pb2.Empty.SerializeToString,
+        response_deserializer=lambda data: data,
+    )
+    app = appcallback_pb2_grpc.AppCallbackStub(channel)
+    listed = False
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"classifier serve exited with code {server.returncode} during start-up")
+        try:
+            if not listed:
+                app.ListTopicSubscriptions(empty_pb2.Empty(), timeout=1)
+                listed = True
+            health(empty_pb2.Empty(), timeout=1)
+            return
+        except grpc.RpcError:
+            time.sleep(0.1)
+    raise RuntimeError(f"classifier serve was not healthy within {START_TIMEOUT_S:.0f} s")
+
+
+def _summary(response: dict) -> str:
+    predictions = response.get("predictions") or []
+    top = ", ".join(f"{p.get('label') or p.get('index')} {float(p.get('score', 0)):.3f}" for p in predictions)
+    return f"{top}  [{response.get('model')} v{response.get('version')}, {response.get('elapsed_ms')} ms]"

@@ -1,0 +1,322 @@
+"""The Dapr edge: `classifier serve`, a gRPC app beside a Dapr sidecar.
+
+daprd calls the app through the AppCallback service, served by the SDK's
+`dapr.ext.grpc.App`:
+- service invocation, method `classify` (raw image, JSON or protobuf body) and `models`;
+- pub/sub: images on `images`, results published to `classifications` with the event's
+  id as correlation id; SUCCESS, DROP for bad input (daprd dead-letters it), RETRY for
+  transient faults; update events on `model-updates` refresh a model or the guest;
+- `AppCallbackHealthCheck`: healthy once the models are loaded, until shutdown starts.
+
+Start-up never blocks the port: the server starts at once, and a start-up thread waits
+for the sidecar (DaprClient blocks until it is healthy), loads the models and warms one
+interpreter per worker thread, then reports healthy. SIGTERM stops taking new calls,
+lets in-flight ones finish within the grace period, and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from dapr.clients import DaprClient
+from dapr.ext.grpc import (
+    App,
+    InvokeMethodRequest,
+    InvokeMethodResponse,
+    SubscriptionMessage,
+    TopicEventResponse,
+)
+
+from ..config import ServeSettings, Settings
+from ..errors import ClassifierError, ErrorKind, invalid_argument
+from ..pipeline import DEFAULT_TOP_K, Classifier
+from ..stores.base import Store
+from ..stores.dapr import DaprStore
+from ..stores.local import LocalStore
+from ..watcher import Watcher
+from .calls import EdgeInterceptor, current_call
+from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
+from .classifier_pb2 import ClassifyResponse as ClassifyResponseProto
+from .requests import PROTO_TYPE_NAME, ClassifyRequest, ImageFetcher, decode_body, from_proto
+
+log = logging.getLogger(__name__)
+
+# Faults that may pass: the event is redelivered (RETRY) rather than dropped.
+TRANSIENT = frozenset({ErrorKind.UNAVAILABLE})
+
+
+def connect_store(settings: Settings, serve: ServeSettings) -> tuple[Store, DaprClient | None]:
+    """The Dapr state store when a sidecar is configured, else the local directory store.
+    With a sidecar, this blocks until it is healthy (DaprClient does)."""
+    if not serve.dapr:
+        return LocalStore(settings.store_dir), None
+    client = DaprClient(max_grpc_message_length=serve.max_message_bytes)
+    return DaprStore(client, settings.module_cache_dir, serve.state_store), client
+
+
+class ClassifierService:
+    """One classifier app: the SDK App, the pipeline behind it, and their lifecycle."""
+
+    def __init__(self, settings: Settings, serve: ServeSettings) -> None:
+        self.settings = settings
+        self.serve = serve
+        self.classifier: Classifier | None = None  # set by start-up
+        self.dapr: DaprClient | None = None
+        self.watcher: Watcher | None = None
+        self.startup_error: str | None = None
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.fetcher = ImageFetcher(serve.image_url_allowlist, max_bytes=serve.max_message_bytes)
+        self.pool = ThreadPoolExecutor(max_workers=serve.workers, thread_name_prefix="classify")
+        self.app = App(
+            thread_pool=self.pool,
+            options=[
+                ("grpc.max_send_message_length", serve.max_message_bytes),
+                ("grpc.max_receive_message_length", serve.max_message_bytes),
+            ],
+            interceptors=[EdgeInterceptor(serve.app_api_token)],
+        )
+        self.app.method("classify")(self.on_classify)
+        self.app.method("models")(self.on_models)
+        self.app.register_health_check(self.health)
+        if serve.dapr:  # pub/sub needs a sidecar; the embedded default has none
+            self.app.subscribe(serve.pubsub, serve.images_topic, dead_letter_topic=serve.dead_letter_topic)(
+                self.on_image
+            )
+            self.app.subscribe(serve.pubsub, serve.updates_topic)(self.on_update)
+        # The SDK's App has no public way to bind port 0 or to stop with a grace period.
+        self._server: grpc.Server = self.app._server
+        self.port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Start serving (not yet healthy) and begin start-up in the background; the port."""
+        self.port = self._server.add_insecure_port(f"{self.serve.listen_address}:{self.serve.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.serve.listen_address}:{self.serve.port}")
+        self._server.start()
+        threading.Thread(target=self._start_up, name="start-up", daemon=True).start()
+        log.info("listening on %s:%d", self.serve.listen_address, self.port)
+        return self.port
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within the grace period."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        grace = self.serve.shutdown_grace_s if grace_s is None else grace_s
+        log.info("stopping: %.1f s for calls in flight", grace)
+        self._server.stop(grace).wait()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.pool.shutdown(wait=False)
+        if self.classifier is not None:
+            self.classifier.close()
+        if self.dapr is not None:
+            self.dapr.close()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+    def _start_up(self) -> None:
+        try:
+            store, self.dapr = connect_store(self.settings, self.serve)
+            classifier = Classifier(self.settings, store=store)
+            watcher = Watcher(classifier, self.serve.guest_name, self.serve.poll_s)
+            self._load(classifier, watcher)
+            self.classifier, self.watcher = classifier, watcher
+            self._warm_workers(classifier)
+            watcher.start()
+            self.ready.set()
+            names = ", ".join(f"{m.name} v{m.version}" for m in classifier.models.loaded()) or "none"
+            log.info("ready: models %s", names)
+        except Exception as exc:  # start-up must say why it failed, not die silently
+            self.startup_error = exc.message if isinstance(exc, ClassifierError) else repr(exc)
+            log.exception("start-up failed")
+
+    def _load(self, classifier: Classifier, watcher: Watcher) -> None:
+        """Load the models (and the stored guest); retry while the store is unavailable."""
+        while not self.stopping.is_set():
+            try:
+                watcher.refresh_guest()
+                names = list(self.serve.models) or [m.name for m in classifier.store.list()]
+                for name in names:
+                    classifier.models.get(name)
+                return
+            except ClassifierError as exc:
+                if exc.kind not in TRANSIENT:
+                    raise
+                log.warning("store not available yet: %s", exc.message)
+                self.stopping.wait(1.0)
+
+    def _warm_workers(self, classifier: Classifier) -> None:
+        """Build one interpreter per model on every worker thread before the first request."""
+        workers = self.serve.workers
+        barrier = threading.Barrier(workers)
+        graphs = [loaded.graph for loaded in classifier.models.loaded()]
+
+        def warm() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=10)  # holds each task on its own thread
+            for graph in graphs:
+                graph.warm()
+
+        for future in [self.pool.submit(warm) for _ in range(workers)]:
+            future.result()
+
+    # -- health -------------------------------------------------------------------------
+
+    def health(self) -> None:
+        if self.stopping.is_set():
+            raise RuntimeError("shutting down")
+        if not self.ready.is_set():
+            raise RuntimeError(self.startup_error or "starting: models not loaded yet")
+
+    def _classifier(self) -> Classifier:
+        if self.classifier is None or not self.ready.is_set():
+            reason = self.startup_error or "the service is starting: models are not loaded yet"
+            raise ClassifierError(ErrorKind.UNAVAILABLE, reason)
+        return self.classifier
+
+    # -- service invocation ---------------------------------------------------------------
+
+    def on_classify(self, request: InvokeMethodRequest) -> Any:
+        call = current_call()
+        if request.is_proto():
+            packed = request.proto
+            if not packed.type_url.endswith(PROTO_TYPE_NAME):
+                raise invalid_argument(f"expected a packed {PROTO_TYPE_NAME}, got {packed.type_url}")
+            message = ClassifyRequestProto()
+            packed.Unpack(message)
+            classify_request = from_proto(message)
+        else:
+            classify_request = decode_body(request.data, request.content_type, call.querystring, self.fetcher)
+        remaining = call.time_remaining()
+        response = self.classify(classify_request, timeout_s=remaining)
+        if request.is_proto():
+            return to_proto(response)  # the SDK packs it into an Any
+        if classify_request.protobuf:
+            return InvokeMethodResponse(to_proto(response).SerializeToString(), "application/x-protobuf")
+        return InvokeMethodResponse(json.dumps(response).encode(), "application/json")
+
+    def on_models(self, request: InvokeMethodRequest) -> InvokeMethodResponse:
+        classifier = self._classifier()
+        body = {
+            "models": [status.to_dict() for status in classifier.models.statuses()],
+            "guest": {
+                "name": self.watcher.guest_name if self.watcher and self.watcher.guest_name else "default",
+                "sha256": classifier.guest.digest,
+                "error": self.watcher.guest_error if self.watcher else None,
+            },
+            "default_model": self._default_model_name(classifier),
+        }
+        return InvokeMethodResponse(json.dumps(body).encode(), "application/json")
+
+    def classify(self, request: ClassifyRequest, timeout_s: float | None = None) -> dict[str, Any]:
+        classifier = self._classifier()
+        model = request.model or self._default_model_name(classifier)
+        if model is None:
+            raise invalid_argument("name a model: `model` in the request (or ?model= for raw images)")
+        top_k = request.top_k if request.top_k is not None else DEFAULT_TOP_K
+        return classifier.classify(request.image, model, top_k, timeout_s=timeout_s)
+
+    def _default_model_name(self, classifier: Classifier) -> str | None:
+        if self.serve.default_model:
+            return self.serve.default_model
+        loaded = classifier.models.loaded()
+        return loaded[0].name if len(loaded) == 1 else None
+
+    # -- pub/sub ---------------------------------------------------------------------------
+
+    def on_image(self, message: SubscriptionMessage) -> TopicEventResponse:
+        event_id = message.id()
+        if not self.ready.is_set():
+            return TopicEventResponse("retry")  # not ready: daprd redelivers
+        try:
+            request = decode_body(message.raw_data(), message.data_content_type() or "", "", self.fetcher)
+            result: dict[str, Any] = self.classify(request)
+        except ClassifierError as exc:
+            if exc.kind in TRANSIENT:
+                log.warning("event %s: %s; asking for redelivery", event_id, exc.message)
+                return TopicEventResponse("retry")
+            log.info("event %s dropped: %s", event_id, exc.message)
+            # The requester learns why; daprd sends the event itself to the dead-letter topic.
+            if not self._publish_result({"correlation_id": event_id, "error": exc.to_dict()}):
+                return TopicEventResponse("retry")
+            return TopicEventResponse("drop")
+        if not self._publish_result({"correlation_id": event_id, **result}):
+            return TopicEventResponse("retry")
+        return TopicEventResponse("success")
+
+    def on_update(self, message: SubscriptionMessage) -> TopicEventResponse:
+        try:
+            update = json.loads(message.raw_data())
+            kind, name = str(update.get("kind", "model")), str(update["name"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("ignoring a malformed update event %s", message.id())
+            return TopicEventResponse("drop")
+        if self.watcher is None:
+            return TopicEventResponse("retry")
+        try:
+            self.watcher.on_update(kind, name)
+        except ClassifierError as exc:
+            log.warning("update of %s %s: %s", kind, name, exc.message)
+            return TopicEventResponse("retry" if exc.kind in TRANSIENT else "drop")
+        return TopicEventResponse("success")
+
+    def _publish_result(self, result: dict[str, Any]) -> bool:
+        assert self.dapr is not None
+        try:
+            self.dapr.publish_event(
+                self.serve.pubsub,
+                self.serve.results_topic,
+                json.dumps(result),
+                data_content_type="application/json",
+            )
+            return True
+        except grpc.RpcError as exc:
+            log.warning("publishing result %s: %s", result.get("correlation_id"), exc)
+            return False
+
+
+def to_proto(response: dict[str, Any]) -> ClassifyResponseProto:
+    message = ClassifyResponseProto(
+        model=str(response.get("model", "")),
+        version=int(response.get("version", 0)),
+        elapsed_ms=float(response.get("elapsed_ms", 0.0)),
+    )
+    predictions = response.get("predictions")
+    if isinstance(predictions, list):
+        for p in predictions:
+            message.predictions.add(
+                index=int(p["index"]), label=str(p.get("label") or ""), score=float(p["score"])
+            )
+    else:
+        message.output_json = json.dumps({k: v for k, v in response.items() if k not in ("model", "version")})
+    return message
+
+
+def serve(settings: Settings, serve_settings: ServeSettings) -> int:
+    """Run until SIGTERM or SIGINT; 0 after a clean shutdown."""
+    service = ClassifierService(settings, serve_settings)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start()
+    while not stop_requested.wait(0.5):
+        pass
+    service.stop()
+    return 0

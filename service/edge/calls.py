@@ -1,0 +1,130 @@
+"""Around every AppCallback call: the app token, error statuses, and the call's own facts.
+
+The SDK's handlers get no gRPC context, so they cannot choose a status (an exception
+becomes UNKNOWN, a 500 for HTTP callers). This interceptor, given to the SDK's gRPC
+server, turns a ClassifierError into the status daprd maps to the right HTTP code, with
+a JSON error body `{"error": {"code", "message"}}` as the status message; it rejects
+calls without the app token; and it makes the call's deadline and query string visible
+to the handler.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from ..errors import ClassifierError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,  # HTTP 400
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,  # 404
+    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,  # 429
+    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,  # 504
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,  # 503
+    ErrorKind.GUEST_FAILED: grpc.StatusCode.INTERNAL,  # 500: the business logic failed
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+# daprd sends the app token on these, and not on ListTopicSubscriptions, ListInputBindings
+# or HealthCheck (which therefore must not require it).
+TOKEN_METHODS = frozenset(
+    {
+        "OnInvoke",
+        "OnTopicEvent",
+        "OnBulkTopicEvent",
+        "OnBulkTopicEventAlpha1",
+        "OnBindingEvent",
+        "OnJobEvent",
+        "OnJobEventAlpha1",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    method: str
+    querystring: str = ""
+    deadline: float | None = None  # time.monotonic() by which the caller wants an answer
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("call_info", default=None)
+
+
+def current_call() -> CallInfo:
+    return _current.get() or CallInfo(method="")
+
+
+def error_body(kind: ErrorKind | str, message: str) -> str:
+    code = kind.value if isinstance(kind, ErrorKind) else kind
+    return json.dumps({"error": {"code": code, "message": message}})
+
+
+class EdgeInterceptor(grpc.ServerInterceptor):
+    def __init__(self, app_api_token: str | None = None) -> None:
+        self.app_api_token = app_api_token
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+        needs_token = self.app_api_token is not None and method in TOKEN_METHODS
+
+        def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
+            if needs_token and not self._token_ok(context):
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    error_body("unauthenticated", "missing or wrong dapr-api-token"),
+                )
+            remaining = context.time_remaining()
+            info = CallInfo(
+                method=method,
+                querystring=_querystring(request),
+                deadline=time.monotonic() + remaining if remaining is not None and remaining < 1e9 else None,
+            )
+            token = _current.set(info)
+            try:
+                return inner(request, context)
+            except ClassifierError as exc:
+                context.abort(STATUS_OF[exc.kind], error_body(exc.kind, exc.message))
+            except NotImplementedError:
+                raise  # the SDK's "unknown method/topic": it set UNIMPLEMENTED already
+            except Exception as exc:
+                log.exception("%s failed", method)
+                context.abort(
+                    grpc.StatusCode.INTERNAL, error_body(ErrorKind.INTERNAL, f"internal error: {exc}")
+                )
+            finally:
+                _current.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _token_ok(self, context: grpc.ServicerContext) -> bool:
+        sent = dict(context.invocation_metadata()).get("dapr-api-token", "")
+        assert self.app_api_token is not None
+        return hmac.compare_digest(str(sent).encode(), self.app_api_token.encode())
+
+
+def _querystring(request: Any) -> str:
+    extension = getattr(request, "http_extension", None)
+    return str(extension.querystring) if extension is not None else ""

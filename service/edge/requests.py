@@ -1,0 +1,147 @@
+"""Decoding classify requests from invoke bodies and pub/sub events.
+
+Three body forms, told apart by their bytes rather than trusted content types (`dapr
+invoke --data-file` sends `application/json` whatever the file is):
+- protobuf `ClassifyRequest`: content type `application/x-protobuf`, or an Any-packed message;
+- JSON `{"image_base64": ..., "model": ..., "top_k": ...}`: the body starts with `{`
+  (no image format does); `image_url` only when an allowlist is configured;
+- anything else: the raw image bytes, with `model` and `top_k` from the query string.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from ..errors import invalid_argument
+from ..stores.base import check_name
+from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
+
+PROTOBUF_CONTENT_TYPES = ("application/x-protobuf", "application/protobuf")
+PROTO_TYPE_NAME = "classifier.v1.ClassifyRequest"
+JSON_FIELDS = ("image_base64", "image_url", "model", "top_k")
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    image: bytes
+    model: str | None = None  # None: the service's default model
+    top_k: int | None = None  # None: the default
+    protobuf: bool = False  # answer in protobuf
+
+
+@dataclass(frozen=True)
+class ImageFetcher:
+    """Fetches `image_url`s, only under the allowed URL prefixes."""
+
+    allowed_prefixes: tuple[str, ...] = ()
+    max_bytes: int = 16 << 20
+    timeout_s: float = 5.0
+
+    def fetch(self, url: str) -> bytes:
+        if not self.allowed_prefixes:
+            raise invalid_argument(
+                "image_url is not accepted by this service: send the image in image_base64 "
+                "(or configure CLASSIFIER_IMAGE_URL_ALLOWLIST)"
+            )
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not any(
+            url.startswith(prefix) for prefix in self.allowed_prefixes
+        ):
+            raise invalid_argument(f"image_url {url!r} is not under an allowed prefix")
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:  # allowlisted above
+                data = response.read(self.max_bytes + 1)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise invalid_argument(f"image_url {url!r} could not be fetched: {exc}") from exc
+        if len(data) > self.max_bytes:
+            raise invalid_argument(f"image_url {url!r} is larger than {self.max_bytes} bytes")
+        return data
+
+
+def decode_body(
+    data: bytes, content_type: str, query: str = "", fetcher: ImageFetcher | None = None
+) -> ClassifyRequest:
+    """An invoke body or a pub/sub event's data, in any of the three forms."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in PROTOBUF_CONTENT_TYPES:
+        return decode_protobuf(data)
+    if data.lstrip()[:1] == b"{":
+        return decode_json(data, fetcher or ImageFetcher())
+    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    model = params.get("model", [None])[-1]
+    top_k = params.get("top_k", [None])[-1]
+    return ClassifyRequest(
+        image=data,
+        model=check_name(model) if model else None,
+        top_k=_int_param("top_k", top_k) if top_k is not None else None,
+    )
+
+
+def decode_protobuf(data: bytes) -> ClassifyRequest:
+    message = ClassifyRequestProto()
+    try:
+        message.ParseFromString(data)
+    except DecodeError as exc:
+        raise invalid_argument(f"the body is not a valid {PROTO_TYPE_NAME} protobuf: {exc}") from exc
+    return from_proto(message)
+
+
+def from_proto(message: ClassifyRequestProto) -> ClassifyRequest:
+    return ClassifyRequest(
+        image=message.image,
+        model=check_name(message.model) if message.model else None,
+        top_k=message.top_k or None,
+        protobuf=True,
+    )
+
+
+def decode_json(data: bytes, fetcher: ImageFetcher) -> ClassifyRequest:
+    try:
+        body: Any = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise invalid_argument(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise invalid_argument("the JSON body must be an object")
+    if ("image_base64" in body) == ("image_url" in body):
+        raise invalid_argument(
+            f"give exactly one of image_base64 and image_url (fields: {', '.join(JSON_FIELDS)})"
+        )
+    if "image_base64" in body:
+        image = _base64_image(body["image_base64"])
+    else:
+        if not isinstance(body["image_url"], str):
+            raise invalid_argument("image_url must be a string")
+        image = fetcher.fetch(body["image_url"])
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid_argument("model must be a string")
+    top_k = body.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+        raise invalid_argument(f"top_k must be an integer, got {json.dumps(top_k)[:40]}")
+    return ClassifyRequest(image=image, model=check_name(model) if model else None, top_k=top_k)
+
+
+def _base64_image(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise invalid_argument("image_base64 must be a string")
+    if value.startswith("data:") and "," in value:  # a data URL: data:image/jpeg;base64,....
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise invalid_argument(f"image_base64 is not valid base64: {exc}") from exc
+
+
+def _int_param(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise invalid_argument(f"{name} must be an integer, got {value[:40]!r}") from exc

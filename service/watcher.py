@@ -1,0 +1,81 @@
+"""Picks up new model and guest versions without a restart.
+
+Two triggers: a poll of the store on an interval (which also recovers from a missed
+event or a sidecar that was down), and an update event (`model-updates`, published by
+`classifier models put` and `guests put`) for an immediate refresh of one item.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .errors import ClassifierError, ErrorKind
+from .pipeline import Classifier
+
+log = logging.getLogger(__name__)
+
+
+class Watcher:
+    def __init__(self, classifier: Classifier, guest_name: str | None, poll_s: float) -> None:
+        self.classifier = classifier
+        self.guest_name = guest_name
+        self.poll_s = poll_s
+        self.guest_error: str | None = None
+        self._guest_sha256: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one refresh at a time
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="store-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def refresh_guest(self) -> bool:
+        """Load the stored guest's current version if it is new. Raises ClassifierError."""
+        if self.guest_name is None:
+            return False
+        with self._lock:
+            manifest = self.classifier.store.guest_manifest(self.guest_name)
+            if manifest.sha256 == self._guest_sha256:
+                return False
+            stored = self.classifier.store.get_guest(self.guest_name)
+            self.classifier.set_guest(stored.wasm, stored.manifest.name)
+            self._guest_sha256 = stored.manifest.sha256
+            self.guest_error = None
+            log.info("guest %s version %d active", manifest.name, manifest.version)
+            return True
+
+    def on_update(self, kind: str, name: str) -> None:
+        """An update event. Raises ClassifierError(UNAVAILABLE) if the store cannot be reached."""
+        if kind == "guest":
+            if name == self.guest_name:
+                self._refresh_guest_logged()
+            return
+        with self._lock:
+            self.classifier.models.refresh(name)
+
+    def _refresh_guest_logged(self) -> None:
+        try:
+            self.refresh_guest()
+        except ClassifierError as exc:
+            if exc.kind == ErrorKind.UNAVAILABLE:
+                raise
+            self.guest_error = exc.message
+            log.error("guest %s not activated: %s", self.guest_name, exc.message)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                with self._lock:
+                    self.classifier.models.refresh_all()
+                self._refresh_guest_logged()
+            except ClassifierError as exc:
+                log.warning("polling the store: %s", exc.message)
+            except Exception:
+                log.exception("polling the store")

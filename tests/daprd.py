@@ -237,7 +237,9 @@ def _cloudevent_from_publish(
         try:
             event = json.loads(request.data)
         except ValueError:
-            return {}, "the published application/cloudevents+json payload is not JSON"
+            event = None
+        if not isinstance(event, dict):
+            return {}, "the published application/cloudevents+json payload is not a JSON object"
         event.setdefault("source", "Dapr")
         event.setdefault("type", CLOUDEVENT_TYPE)
         event.setdefault("specversion", "1.0")
@@ -503,7 +505,10 @@ class FakeDaprd:
         self.http_port = http_server.server_address[1]
         self._http_server = http_server
         self._http_thread = threading.Thread(
-            target=http_server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-daprd-http"
+            target=http_server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-daprd-http",
+            daemon=True,
         )
         self._http_thread.start()
         if self._broker is None:
@@ -534,7 +539,8 @@ class FakeDaprd:
             self.wait_for_app(timeout=5.0)
 
     def close(self) -> None:
-        """Close the app channels and wait for in-flight broker deliveries."""
+        """Stop the servers, close the app channels and wait for in-flight broker deliveries."""
+        self.stop()
         if self._broker is not None:
             self._broker.shutdown(wait=True, cancel_futures=True)
             self._broker = None
@@ -544,7 +550,6 @@ class FakeDaprd:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
         self.close()
 
     def env(self) -> dict[str, str]:

@@ -2,7 +2,8 @@
  * image_probe.c - a test guest for the `wasmedge_image` module: decodes stdin with
  * one function and prints the errno and an FNV-1a hash of the output bytes.
  *
- *   image_probe FUNC WIDTH HEIGHT TYPE [OUT_LEN|bad-out|bad-in]
+ *   image_probe FUNC WIDTH HEIGHT TYPE [OUT_LEN|bad-out|bad-in|dump]
+ *   (dump: also print the output bytes in hex, for small sizes)
  *     FUNC: load_image | load_jpg | load_png;  TYPE: 0 RGB8, 1 BGR8, 2 RGB32F, 3 BGR32F
  */
 #include <stdint.h>
@@ -29,7 +30,7 @@ static uint8_t *read_stdin(uint32_t *len) {
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: image_probe FUNC WIDTH HEIGHT TYPE [OUT_LEN|bad-out|bad-in]\n");
+        fprintf(stderr, "usage: image_probe FUNC WIDTH HEIGHT TYPE [OUT_LEN|bad-out|bad-in|dump]\n");
         return 64;
     }
     const char *func = argv[1];
@@ -55,5 +56,10 @@ int main(int argc, char **argv) {
     uint32_t hash = 2166136261u; /* FNV-1a over the whole expected output */
     for (uint32_t i = 0; i < need; i++) hash = (hash ^ out[i]) * 16777619u;
     printf("errno %d\nhash %u\n", (int)err, (unsigned)hash);
+    if (!strcmp(variant, "dump")) {
+        printf("bytes ");
+        for (uint32_t i = 0; i < need; i++) printf("%02x", out[i]);
+        printf("\n");
+    }
     return 0;
 }

@@ -1,0 +1,173 @@
+"""The `classifier` command line on a local store: models, classify, wasm run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import IMAGES, MODELS
+
+from service.cli import EXIT_TRAP, main
+
+BIRDS = MODELS / "aiy_birds_v1"
+BIRD = IMAGES / "classify" / "bird.jpg"
+CLASSIFIER = Path(sys.executable).with_name("classifier")  # the console script of this install
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def run(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_models_put_list_rm(capfd, store: Path) -> None:
+    code, out, _ = run(capfd, "--store", store, "models", "put", "birds", BIRDS / "model.tflite",
+                       "--labels", BIRDS / "labels.txt")  # fmt: skip
+    assert code == 0 and "stored birds version 1" in out and "965 classes, labels file" in out
+    code, out, _ = run(capfd, "--store", store, "models", "put", "birds", BIRDS / "model.tflite",
+                       "--labels", BIRDS / "labels.txt")  # fmt: skip
+    assert code == 0 and "version 2" in out
+
+    code, out, _ = run(capfd, "--store", store, "models", "list", "--json")
+    [listed] = json.loads(out)
+    assert listed["name"] == "birds" and listed["version"] == 2 and listed["outputs"][0]["shape"] == [1, 965]
+    code, out, _ = run(capfd, "--store", store, "models", "list")
+    assert out.startswith("birds\tv2\tuint8 1x224x224x3\t965 classes")
+
+    assert run(capfd, "--store", store, "models", "rm", "birds")[0] == 0
+    assert run(capfd, "--store", store, "models", "list", "--json")[1].strip() == "[]"
+    code, _, err = run(capfd, "--store", store, "models", "rm", "birds")
+    assert code == 1 and "birds" in err
+
+
+def test_labels_come_from_model_metadata(capfd, store: Path) -> None:
+    model = MODELS / "mobilenet_v1_0.25_224_quant_with_metadata" / "model.tflite"
+    code, out, _ = run(capfd, "--store", store, "models", "put", "mobilenet", model)
+    assert code == 0 and "1001 classes, model metadata" in out
+    code, out, _ = run(capfd, "--store", store, "classify", IMAGES / "classify" / "burger.jpg",
+                       "--model", "mobilenet", "--top-k", "1", "--json")  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["predictions"][0]["label"] == "cheeseburger"
+
+
+def test_classify_lines_and_json(capfd, store: Path) -> None:
+    run(
+        capfd,
+        "--store",
+        store,
+        "models",
+        "put",
+        "birds",
+        BIRDS / "model.tflite",
+        "--labels",
+        BIRDS / "labels.txt",
+    )
+    sparrow = IMAGES / "classify" / "sparrow.png"
+    code, out, _ = run(capfd, "--store", store, "classify", BIRD, sparrow, "--model", "birds", "--top-k", "2")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{BIRD}: Aix galericulata (166) 0.7")
+
+    code, out, _ = run(
+        capfd, "--store", store, "classify", BIRD, "--model", "birds", "--top-k", "3", "--json"
+    )
+    response = json.loads(out)
+    assert set(response) == {"image", "model", "version", "predictions", "elapsed_ms"}
+    assert response["model"] == "birds" and response["version"] == 1
+    scores = [p["score"] for p in response["predictions"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert response["predictions"][0] == {"index": 166, "label": "Aix galericulata", "score": scores[0]}
+
+
+def test_classify_errors_are_clear_and_exit_non_zero(capfd, store: Path, tmp_path: Path) -> None:
+    code, out, err = run(capfd, "--store", store, "classify", BIRD, "--model", "nope")
+    assert code == 1 and out == "" and "nope" in err and "not found" in err
+
+    run(
+        capfd,
+        "--store",
+        store,
+        "models",
+        "put",
+        "birds",
+        BIRDS / "model.tflite",
+        "--labels",
+        BIRDS / "labels.txt",
+    )
+    missing = tmp_path / "missing.jpg"
+    code, out, err = run(
+        capfd, "--store", store, "classify", missing, BIRD, "--model", "birds", "--top-k", "1"
+    )
+    assert code == 1 and f"{missing}: cannot read" in err
+    assert out.startswith(f"{BIRD}: Aix galericulata")  # the other images are still classified
+
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    code, out, err = run(capfd, "--store", store, "classify", not_an_image, "--model", "birds", "--json")
+    assert code == 1 and "could not be decoded" in err
+    assert json.loads(out)["error"]["code"] == "invalid_argument"
+
+
+def test_store_from_the_environment(capfd, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLASSIFIER_STORE", str(store))
+    assert (
+        run(capfd, "models", "put", "birds", BIRDS / "model.tflite", "--labels", BIRDS / "labels.txt")[0] == 0
+    )
+    assert (store / "models").is_dir() or any(store.iterdir())
+    assert json.loads(run(capfd, "models", "list", "--json")[1])[0]["name"] == "birds"
+
+
+def test_wasm_run_passes_stdio_exit_code_and_dirs(capfd, test_guests, tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_bytes(b"12345")
+    code, out, _ = run(capfd, "wasm", "run", "--dir", f"/data:{tmp_path}", test_guests["probe"],
+                       "read", "/data/data.txt")  # fmt: skip
+    assert code == 0 and out == "read 5\n"
+    code, out, _ = run(capfd, "wasm", "run", test_guests["probe"], "read", "/data/data.txt")
+    assert code == 1 and out.startswith("read-failed")  # nothing is visible without --dir
+    code, out, _ = run(capfd, "wasm", "run", "--dir", f"/data:{tmp_path}", test_guests["probe"],
+                       "write", "/data/new.txt")  # fmt: skip
+    assert code == 1 and not (tmp_path / "new.txt").exists()  # read-only unless :rw
+    code, out, err = run(capfd, "wasm", "run", test_guests["probe"], "exit", "7")
+    assert code == 7
+    code, _, err = run(capfd, "wasm", "run", test_guests["probe"], "trap")
+    assert code == EXIT_TRAP and "guest trapped" in err
+
+
+def test_wasm_run_with_nn_preload_like_wasmedge(tmp_path: Path) -> None:
+    """The default guest run by hand, the way `wasmedge --dir --nn-preload` runs a guest."""
+    from service.registry import guest_args_for
+    from service.stores.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.put("birds", (BIRDS / "model.tflite").read_bytes(), (BIRDS / "labels.txt").read_text().splitlines())
+    stored = store.get("birds")
+    guest = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
+    result = subprocess.run(
+        [CLASSIFIER, "wasm", "run", "--dir", f"/model:{stored.directory}",
+         "--nn-preload", f"birds:TensorflowLite:CPU:{BIRDS / 'model.tflite'}",
+         guest, *guest_args_for(stored), "--top-k", "1"],
+        input=BIRD.read_bytes(),
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "CLASSIFIER_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [prediction] = json.loads(result.stdout)["predictions"]
+    assert prediction["index"] == 166 and prediction["label"] == "Aix galericulata"
+
+
+def test_wasm_run_refuses_bad_flags(capfd, test_guests) -> None:
+    code, _, err = run(capfd, "wasm", "run", "--nn-preload", "m:ONNX:CPU:x.onnx", test_guests["probe"], "env")
+    assert code == 1 and "only the TensorflowLite encoding" in err
+    code, _, err = run(capfd, "wasm", "run", "--dir", "/nowhere/at/all", test_guests["probe"], "env")
+    assert code == 1 and "is not a directory" in err

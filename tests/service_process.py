@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from daprd import FakeDaprd
@@ -66,3 +68,15 @@ class ServiceProcess:
 
 def new_daprd(**options: object) -> FakeDaprd:
     return FakeDaprd(app_port=free_port(), key_prefix="name", **options).start()  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def sidecar_env(daprd: FakeDaprd) -> Iterator[None]:
+    """DaprClient reads its sidecar's address from the environment."""
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in daprd.env().items() if k.startswith("DAPR_")})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -5,9 +5,10 @@ state store."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from conftest import IMAGES, MODELS
 from dapr.clients import DaprClient
 from daprd import FakeDaprd, InvokeResult
-from service_process import ServiceProcess, new_daprd
+from service_process import ServiceProcess, new_daprd, sidecar_env
 
 from service.edge.classifier_pb2 import ClassifyRequest, ClassifyResponse
 from service.stores.dapr import CHUNK_BYTES, DaprStore
@@ -25,18 +26,6 @@ from service.stores.dapr import CHUNK_BYTES, DaprStore
 BIRD = (IMAGES / "classify" / "bird.jpg").read_bytes()
 BURGER = (IMAGES / "classify" / "burger.jpg").read_bytes()
 BIRDS_LABELS = (MODELS / "aiy_birds_v1" / "labels.txt").read_text().splitlines()
-
-
-@contextlib.contextmanager
-def sidecar_env(daprd: FakeDaprd) -> Iterator[None]:
-    """DaprClient reads its sidecar's address from the environment."""
-    saved = dict(os.environ)
-    os.environ.update({k: v for k, v in daprd.env().items() if k.startswith("DAPR_")})
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def upload(daprd: FakeDaprd, tmp: Path, name: str, model: str, labels: list[str] | None = None) -> int:
@@ -343,4 +332,37 @@ def test_app_token_is_enforced_except_where_daprd_sends_none(tmp_path: Path) -> 
         assert delivery.status == "SUCCESS", delivery.last_error
     finally:
         assert service.terminate() == 0
+        daprd.close()
+
+
+def test_sigterm_finishes_calls_in_flight_then_exits_0(tmp_path: Path) -> None:
+    daprd = new_daprd()
+    upload(daprd, tmp_path, "birds", "aiy_birds_v1")
+    service = ServiceProcess(daprd, tmp_path, CLASSIFIER_WORKERS="1")
+    try:
+        service.wait_ready()
+        finished: list[tuple[float, grpc.StatusCode, bytes]] = []
+        first_done = threading.Event()
+
+        def call() -> None:
+            result = daprd.invoke("classify", BIRD)
+            finished.append((time.monotonic(), result.code, result.data))
+            first_done.set()
+
+        # One worker, eight calls: while the first is answered, seven wait in the app.
+        callers = [threading.Thread(target=call) for _ in range(8)]
+        for caller in callers:
+            caller.start()
+        assert first_done.wait(30)
+        signalled = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        for caller in callers:
+            caller.join(30)
+        assert [code for _, code, _ in finished] == [grpc.StatusCode.OK] * 8
+        assert all(json.loads(data)["predictions"][0]["index"] == 166 for _, _, data in finished)
+        assert any(at > signalled for at, _, _ in finished)  # some were still running at SIGTERM
+        assert service.process.wait(30) == 0
+        assert daprd.invoke("classify", BIRD).code == grpc.StatusCode.UNAVAILABLE  # no new calls
+    finally:
+        service.terminate()
         daprd.close()

@@ -1,0 +1,189 @@
+"""One contract, two stores: every test here runs against the local directory store and
+the Dapr state store (through a real DaprClient and the daprd double's state API)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MODELS
+from dapr.clients import DaprClient
+from daprd import FakeDaprd
+from service_process import new_daprd, sidecar_env
+
+from service.errors import ClassifierError, ErrorKind
+from service.stores.base import Store
+from service.stores.dapr import CHUNK_BYTES, DaprStore
+from service.stores.local import LocalStore
+
+BIRDS = (MODELS / "aiy_birds_v1" / "model.tflite").read_bytes()
+BIRDS_LABELS = (MODELS / "aiy_birds_v1" / "labels.txt").read_text().splitlines()
+MOBILENET = (MODELS / "mobilenet_v2_1.0_224_quant" / "model.tflite").read_bytes()
+METADATA_MODEL = (MODELS / "mobilenet_v1_0.25_224_quant_with_metadata" / "model.tflite").read_bytes()
+STORE_NUMBERS = itertools.count()
+GUEST = (Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def daprd() -> Iterator[FakeDaprd]:
+    sidecar = new_daprd()
+    with sidecar_env(sidecar):
+        yield sidecar
+    sidecar.close()
+
+
+@pytest.fixture(params=["local", "dapr"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "local":
+        yield LocalStore(tmp_path / "store")
+        return
+    request.getfixturevalue("daprd")
+    with DaprClient() as client:
+        # Each test gets a state store of its own, so tests do not see each other's keys.
+        yield DaprStore(client, tmp_path / "cache", store_name=f"statestore-{next(STORE_NUMBERS)}")
+
+
+def error_kind(exc: pytest.ExceptionInfo[ClassifierError]) -> ErrorKind:
+    return exc.value.kind
+
+
+def test_put_then_get_gives_the_same_bytes_and_labels(store: Store) -> None:
+    manifest = store.put("birds", BIRDS, BIRDS_LABELS)
+    assert (manifest.name, manifest.version, manifest.size) == ("birds", 1, len(BIRDS))
+    assert manifest.has_labels and manifest.num_classes == 965
+    assert list(manifest.spec.inputs[0].shape) == [1, 224, 224, 3]
+    stored = store.get("birds")
+    assert stored.manifest == manifest
+    assert stored.model_path.read_bytes() == BIRDS
+    assert stored.labels_path is not None
+    assert stored.labels_path.read_text().splitlines() == BIRDS_LABELS
+    assert store.manifest("birds") == manifest
+
+
+def test_each_put_is_a_new_version(store: Store) -> None:
+    store.put("m", BIRDS, BIRDS_LABELS)
+    second = store.put("m", BIRDS, [label.upper() for label in BIRDS_LABELS])
+    assert second.version == 2
+    assert store.manifest("m").version == 2
+    assert store.get("m").labels_path.read_text().splitlines()[166] == "AIX GALERICULATA"
+    third = store.put("m", MOBILENET)
+    assert third.version == 3 and third.num_classes == 1001
+    stored = store.get("m")
+    assert stored.model_path.read_bytes() == MOBILENET
+    assert stored.labels_path is not None  # from the model's own metadata, not the last version's
+    assert len(stored.labels_path.read_text().splitlines()) == 1001
+
+
+def test_labels_default_to_the_model_metadata(store: Store) -> None:
+    manifest = store.put("meta", METADATA_MODEL)
+    assert manifest.has_labels
+    labels = store.get("meta").labels_path.read_text().splitlines()
+    assert len(labels) == 1001 and "cheeseburger" in labels
+
+
+def test_list_and_remove(store: Store) -> None:
+    assert store.list() == []
+    store.put("b", BIRDS)
+    store.put("a", MOBILENET)
+    assert [m.name for m in store.list()] == ["a", "b"]
+    store.remove("b")
+    assert [m.name for m in store.list()] == ["a"]
+    for call in (lambda: store.manifest("b"), lambda: store.get("b"), lambda: store.remove("b")):
+        with pytest.raises(ClassifierError) as exc:
+            call()
+        assert error_kind(exc) == ErrorKind.NOT_FOUND
+    assert store.put("b", BIRDS).version >= 1  # the name can be used again
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "labels", "message"),
+    [
+        ("../escape", BIRDS, None, "invalid name"),
+        ("birds", b"not a model", None, "birds"),
+        ("birds", BIRDS, ["just one label"], "965 classes"),
+    ],
+)
+def test_bad_uploads_are_refused_and_store_nothing(
+    store: Store, name: str, model: bytes, labels: list[str] | None, message: str
+) -> None:
+    with pytest.raises(ClassifierError) as exc:
+        store.put(name, model, labels)
+    assert error_kind(exc) == ErrorKind.INVALID_ARGUMENT and message in exc.value.message
+    assert store.list() == []
+
+
+def test_upload_progress_reaches_the_total(store: Store) -> None:
+    seen: list[tuple[int, int]] = []
+    store.put("mobilenet", MOBILENET, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] >= len(MOBILENET)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_guests_put_get_list_remove(store: Store) -> None:
+    first = store.put_guest("wasmedge-style", GUEST, ("{model}", "{image}"))
+    assert (first.version, first.size, first.args) == (1, len(GUEST), ("{model}", "{image}"))
+    second = store.put_guest("wasmedge-style", GUEST)
+    assert second.version == 2 and second.args is None
+    stored = store.get_guest("wasmedge-style")
+    assert stored.wasm == GUEST and stored.manifest == second
+    assert store.guest_manifest("wasmedge-style") == second
+    assert [g.name for g in store.list_guests()] == ["wasmedge-style"]
+    store.remove_guest("wasmedge-style")
+    assert store.list_guests() == []
+    with pytest.raises(ClassifierError) as exc:
+        store.get_guest("wasmedge-style")
+    assert error_kind(exc) == ErrorKind.NOT_FOUND
+
+
+def test_invalid_guest_is_refused(store: Store) -> None:
+    with pytest.raises(ClassifierError) as exc:
+        store.put_guest("broken", b"\0asm\x01\0\0\0garbage")
+    assert error_kind(exc) == ErrorKind.INVALID_ARGUMENT and "not a valid wasm module" in exc.value.message
+    assert store.list_guests() == []
+
+
+# -- what only the Dapr store has: chunks, the disk cache, an unreachable sidecar -------------
+
+
+def test_dapr_store_keeps_chunks_within_the_body_limit_and_caches_on_disk(
+    daprd: FakeDaprd, tmp_path: Path
+) -> None:
+    with DaprClient() as client:
+        uploader = DaprStore(client, tmp_path / "uploader")
+        uploader.put("mobilenet", MOBILENET)
+        chunks = [
+            v for k, v in daprd.state("statestore").items() if k.startswith("statestore||model/mobilenet/")
+        ]
+        assert len(chunks) == -(-len(MOBILENET) // CHUNK_BYTES) and max(map(len, chunks)) <= CHUNK_BYTES
+
+        reader = DaprStore(client, tmp_path / "reader")
+        first = reader.get("mobilenet")
+        bulk_gets = daprd.calls["GetBulkState"]
+        again = DaprStore(client, tmp_path / "reader").get("mobilenet")  # a restarted service
+        assert daprd.calls["GetBulkState"] == bulk_gets  # served from the disk cache
+        assert again.model_path.read_bytes() == first.model_path.read_bytes() == MOBILENET
+
+
+def test_dapr_store_unreachable_is_unavailable_not_a_crash(daprd: FakeDaprd, tmp_path: Path) -> None:
+    with DaprClient() as client:
+        store = DaprStore(client, tmp_path / "cache")
+        store.put("birds", BIRDS)
+        daprd.stop()
+        try:
+            with pytest.raises(ClassifierError) as exc:
+                store.manifest("birds")
+            assert error_kind(exc) == ErrorKind.UNAVAILABLE
+        finally:
+            daprd.start()
+        # The same client recovers once gRPC reconnects (its backoff is a second or so).
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert store.manifest("birds").name == "birds"
+                break
+            except ClassifierError as exc:
+                assert exc.kind == ErrorKind.UNAVAILABLE and time.monotonic() < deadline
+                time.sleep(0.2)

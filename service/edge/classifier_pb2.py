@@ -4,34 +4,37 @@
 # source: classifier.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "classifier.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'classifier.proto'
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x10\x63lassifier.proto\x12\rclassifier.v1">\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r"9\n\nPrediction\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02"\x8b\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12.\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x19.classifier.v1.Prediction\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\x12\x13\n\x0boutput_json\x18\x05 \x01(\tb\x06proto3'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63lassifier.proto\x12\rclassifier.v1\">\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\"9\n\nPrediction\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\x8b\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12.\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x19.classifier.v1.Prediction\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\x12\x13\n\x0boutput_json\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "classifier_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_CLASSIFYREQUEST"]._serialized_start = 35
-    _globals["_CLASSIFYREQUEST"]._serialized_end = 97
-    _globals["_PREDICTION"]._serialized_start = 99
-    _globals["_PREDICTION"]._serialized_end = 156
-    _globals["_CLASSIFYRESPONSE"]._serialized_start = 159
-    _globals["_CLASSIFYRESPONSE"]._serialized_end = 298
+  DESCRIPTOR._loaded_options = None
+  _globals['_CLASSIFYREQUEST']._serialized_start=35
+  _globals['_CLASSIFYREQUEST']._serialized_end=97
+  _globals['_PREDICTION']._serialized_start=99
+  _globals['_PREDICTION']._serialized_end=156
+  _globals['_CLASSIFYRESPONSE']._serialized_start=159
+  _globals['_CLASSIFYRESPONSE']._serialized_end=298
 # @@protoc_insertion_point(module_scope)

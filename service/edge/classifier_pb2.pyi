@@ -14,9 +14,7 @@ class ClassifyRequest(_message.Message):
     image: bytes
     model: str
     top_k: int
-    def __init__(
-        self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ...
-    ) -> None: ...
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("index", "label", "score")
@@ -26,9 +24,7 @@ class Prediction(_message.Message):
     index: int
     label: str
     score: float
-    def __init__(
-        self, index: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ...
-    ) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("model", "version", "predictions", "elapsed_ms", "output_json")
@@ -42,11 +38,4 @@ class ClassifyResponse(_message.Message):
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     elapsed_ms: float
     output_json: str
-    def __init__(
-        self,
-        model: _Optional[str] = ...,
-        version: _Optional[int] = ...,
-        predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...,
-        elapsed_ms: _Optional[float] = ...,
-        output_json: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., elapsed_ms: _Optional[float] = ..., output_json: _Optional[str] = ...) -> None: ...

@@ -5,6 +5,7 @@ state store."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import pytest
 from conftest import IMAGES, MODELS
 from dapr.clients import DaprClient
 from daprd import FakeDaprd, InvokeResult
-from service_process import ServiceProcess, new_daprd, sidecar_env
+from service_process import ROOT, ServiceProcess, new_daprd, sidecar_env
 
 from service.edge.classifier_pb2 import ClassifyRequest, ClassifyResponse
 from service.stores.dapr import CHUNK_BYTES, DaprStore
@@ -366,3 +367,41 @@ def test_sigterm_finishes_calls_in_flight_then_exits_0(tmp_path: Path) -> None:
     finally:
         service.terminate()
         daprd.close()
+
+
+def test_stored_guest_is_swapped_without_restart(tmp_path: Path, test_guests: dict[str, Path]) -> None:
+    daprd = new_daprd()
+    upload(daprd, tmp_path, "birds", "aiy_birds_v1")
+    default_guest = (ROOT / "wasm" / "bin" / "classify.wasm").read_bytes()
+    with sidecar_env(daprd), DaprClient() as client:
+        store = DaprStore(client, tmp_path / "uploader-cache")
+        store.put_guest("logic", default_guest)
+        service = ServiceProcess(daprd, tmp_path, CLASSIFIER_GUEST="logic")
+        try:
+            service.wait_ready()
+            assert json.loads(daprd.invoke("classify", BIRD).data)["predictions"][0]["index"] == 166
+            guest_info = json.loads(daprd.invoke("models", b"").data)["guest"]
+            assert (
+                guest_info["name"] == "logic"
+                and guest_info["sha256"] == hashlib.sha256(default_guest).hexdigest()
+            )
+
+            version = store.put_guest("logic", test_guests["plain_text"].read_bytes()).version
+            update = json.dumps({"kind": "guest", "name": "logic", "version": version}).encode()
+            assert daprd.deliver("pubsub", "model-updates", update, "application/json").status == "SUCCESS"
+            response = json.loads(daprd.invoke("classify", BIRD).data)
+            assert response["output"] == f"plain text from a guest: --model, {len(BIRD)} bytes"
+            assert response["model"] == "birds"
+
+            # A damaged next version is not activated: the last good one keeps serving.
+            manifest = json.loads(app_state(daprd)["guest/logic"])
+            damaged = {**manifest, "version": version + 1, "sha256": "cd" * 32}
+            daprd.put_raw("statestore", "guest/logic", json.dumps(damaged).encode())
+            deadline = time.monotonic() + 10
+            while not json.loads(daprd.invoke("models", b"").data)["guest"]["error"]:
+                assert time.monotonic() < deadline, "the damaged guest version was not reported"
+                time.sleep(0.1)
+            assert json.loads(daprd.invoke("classify", BIRD).data)["output"].startswith("plain text")
+        finally:
+            assert service.terminate() == 0
+            daprd.close()

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import IMAGES, MODELS, SHARED
 from PIL import Image
 
+from service.config import Settings
 from service.errors import ClassifierError, ErrorKind
 from service.inference.litert import Interpreter
 from service.inference.model import Graph
+from service.pipeline import Classifier
+from service.stores.local import LocalStore
 
 CASES = json.loads((SHARED / "expected.json").read_text())["cases"]
 
@@ -153,3 +160,37 @@ def test_concurrent_requests_on_threads_get_their_own_answers(classifier):
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(classify, jobs))
     assert answers == [expected for _, _, expected in jobs]
+
+
+def test_requests_finish_on_the_version_they_started_with(tmp_path: Path) -> None:
+    """While a new version is activated under load, every response comes whole from one
+    version: its number and its labels agree, and no request fails."""
+    store = LocalStore(tmp_path / "store")
+    model = (MODELS / "aiy_birds_v1" / "model.tflite").read_bytes()
+    labels = (MODELS / "aiy_birds_v1" / "labels.txt").read_text().splitlines()
+    store.put("birds", model, labels)
+    bird = (IMAGES / "classify" / "bird.jpg").read_bytes()
+    instance = Classifier(Settings(store_dir=store.root), store=store)
+    try:
+        instance.model("birds")
+        swapped = threading.Event()
+
+        def classify_until_swapped() -> list[dict]:
+            responses, after_swap = [], 0
+            while after_swap < 3:
+                after_swap += swapped.is_set()
+                responses.append(instance.classify(bird, "birds", top_k=1))
+            return responses
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            running = [pool.submit(classify_until_swapped) for _ in range(3)]
+            time.sleep(0.2)
+            store.put("birds", model, [label.upper() for label in labels])
+            assert instance.models.refresh("birds")
+            swapped.set()
+            responses = [response for future in running for response in future.result()]
+    finally:
+        instance.close()
+    label_by_version = {1: "Aix galericulata", 2: "AIX GALERICULATA"}
+    assert {r["version"] for r in responses} == {1, 2}
+    assert all(r["predictions"][0]["label"] == label_by_version[r["version"]] for r in responses)

@@ -29,12 +29,24 @@ def run(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def put_birds(capfd: pytest.CaptureFixture[str], store: Path) -> tuple[int, str, str]:
+    return run(
+        capfd,
+        "--store",
+        store,
+        "models",
+        "put",
+        "birds",
+        BIRDS / "model.tflite",
+        "--labels",
+        BIRDS / "labels.txt",
+    )
+
+
 def test_models_put_list_rm(capfd, store: Path) -> None:
-    code, out, _ = run(capfd, "--store", store, "models", "put", "birds", BIRDS / "model.tflite",
-                       "--labels", BIRDS / "labels.txt")  # fmt: skip
+    code, out, _ = put_birds(capfd, store)
     assert code == 0 and "stored birds version 1" in out and "965 classes, labels file" in out
-    code, out, _ = run(capfd, "--store", store, "models", "put", "birds", BIRDS / "model.tflite",
-                       "--labels", BIRDS / "labels.txt")  # fmt: skip
+    code, out, _ = put_birds(capfd, store)
     assert code == 0 and "version 2" in out
 
     code, out, _ = run(capfd, "--store", store, "models", "list", "--json")
@@ -60,17 +72,7 @@ def test_labels_come_from_model_metadata(capfd, store: Path) -> None:
 
 
 def test_classify_lines_and_json(capfd, store: Path) -> None:
-    run(
-        capfd,
-        "--store",
-        store,
-        "models",
-        "put",
-        "birds",
-        BIRDS / "model.tflite",
-        "--labels",
-        BIRDS / "labels.txt",
-    )
+    put_birds(capfd, store)
     sparrow = IMAGES / "classify" / "sparrow.png"
     code, out, _ = run(capfd, "--store", store, "classify", BIRD, sparrow, "--model", "birds", "--top-k", "2")
     assert code == 0
@@ -93,17 +95,7 @@ def test_classify_errors_are_clear_and_exit_non_zero(capfd, store: Path, tmp_pat
     code, out, err = run(capfd, "--store", store, "classify", BIRD, "--model", "nope")
     assert code == 1 and out == "" and "nope" in err and "not found" in err
 
-    run(
-        capfd,
-        "--store",
-        store,
-        "models",
-        "put",
-        "birds",
-        BIRDS / "model.tflite",
-        "--labels",
-        BIRDS / "labels.txt",
-    )
+    put_birds(capfd, store)
     missing = tmp_path / "missing.jpg"
     code, out, err = run(
         capfd, "--store", store, "classify", missing, BIRD, "--model", "birds", "--top-k", "1"

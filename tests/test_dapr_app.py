@@ -405,3 +405,24 @@ def test_stored_guest_is_swapped_without_restart(tmp_path: Path, test_guests: di
         finally:
             assert service.terminate() == 0
             daprd.close()
+
+
+def test_empty_store_is_not_healthy_until_a_model_is_uploaded(tmp_path: Path) -> None:
+    daprd = new_daprd()
+    service = ServiceProcess(daprd, tmp_path)
+    try:
+        daprd.wait_for_app(30)
+        time.sleep(1.0)
+        assert not daprd.health_check()  # daprd holds events back rather than have them dropped
+        unavailable = daprd.invoke("classify", BIRD)
+        assert unavailable.code == grpc.StatusCode.UNAVAILABLE
+        assert "classifier models put" in error_of(unavailable)["message"]
+        event = daprd.deliver("pubsub", "images", BIRD, "application/octet-stream", event_id="early")
+        assert event.status == "RETRY"  # not DROP: the event is kept for redelivery
+
+        upload(daprd, tmp_path, "birds", "aiy_birds_v1")
+        service.wait_ready()
+        assert json.loads(daprd.invoke("classify", BIRD).data)["predictions"][0]["index"] == 166
+    finally:
+        assert service.terminate() == 0
+        daprd.close()

@@ -143,19 +143,26 @@ class ClassifierService:
             log.exception("start-up failed")
 
     def _load(self, classifier: Classifier, watcher: Watcher) -> None:
-        """Load the models (and the stored guest); retry while the store is unavailable."""
+        """Load the models (and the stored guest); retry while the store is unavailable,
+        and wait while it holds no model: healthy means able to classify, and until then
+        daprd holds pub/sub events back instead of having them dropped."""
         while not self.stopping.is_set():
             try:
                 watcher.refresh_guest()
                 names = list(self.serve.models) or [m.name for m in classifier.store.list()]
-                for name in names:
-                    classifier.models.get(name)
-                return
+                if names:
+                    for name in names:
+                        classifier.models.get(name)
+                    self.startup_error = None
+                    return
+                if self.startup_error is None:
+                    self.startup_error = "no model in the store yet: upload one with `classifier models put`"
+                    log.warning("%s; waiting", self.startup_error)
             except ClassifierError as exc:
                 if exc.kind not in TRANSIENT:
                     raise
                 log.warning("store not available yet: %s", exc.message)
-                self.stopping.wait(1.0)
+            self.stopping.wait(1.0)
 
     def _warm_workers(self, classifier: Classifier) -> None:
         """Build one interpreter per model on every worker thread before the first request."""

@@ -165,9 +165,26 @@ def test_bad_requests_get_a_status_and_json_error(
 
 
 def test_oversize_body_is_refused_clearly(service: ServiceProcess, daprd: FakeDaprd) -> None:
-    result = daprd.invoke("classify", b"\xff\xd8" + b"\x00" * (5 << 20))  # over the app's 4 MiB
+    oversize = b"\xff\xd8" + b"\x00" * (5 << 20)  # over the app's 4 MiB
+    result = daprd.invoke("classify", oversize)
     assert result.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "larger than max" in result.details
+    limit = f"over the limit of {4 << 20} (CLASSIFIER_MAX_MESSAGE_MB=4)"
+    assert error_of(result) == {
+        "code": "resource_exhausted",
+        "message": f"the body is {len(oversize)} bytes, {limit}",
+    }
+    packed = daprd.invoke_packed("classify", ClassifyRequest(image=oversize))
+    assert packed.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "over the limit" in packed.details
+    # Far over it, gRPC itself refuses the message before any handler runs.
+    far_over = daprd.invoke("classify", b"\x00" * (9 << 20))
+    assert far_over.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in far_over.details
+
+    event = daprd.deliver("pubsub", "images", oversize, "application/octet-stream", event_id="too-big")
+    assert event.status == "DROP" and event.dead_lettered
+    [result_event] = [
+        e for e in daprd.published("classifications") if json.loads(e.data)["correlation_id"] == "too-big"
+    ]
+    assert json.loads(result_event.data)["error"]["code"] == "resource_exhausted"
     assert daprd.invoke("classify", BIRD).code == grpc.StatusCode.OK
 
 

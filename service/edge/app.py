@@ -79,7 +79,9 @@ class ClassifierService:
             thread_pool=self.pool,
             options=[
                 ("grpc.max_send_message_length", serve.max_message_bytes),
-                ("grpc.max_receive_message_length", serve.max_message_bytes),
+                # Twice the limit, so that a body somewhat over it reaches the handlers and gets
+                # the same JSON error as every other bad request, not gRPC's bare status.
+                ("grpc.max_receive_message_length", 2 * serve.max_message_bytes),
             ],
             interceptors=[EdgeInterceptor(serve.app_api_token)],
         )
@@ -197,6 +199,7 @@ class ClassifierService:
 
     def on_classify(self, request: InvokeMethodRequest) -> Any:
         call = current_call()
+        check_body_size(len(request.proto.value) if request.is_proto() else len(request.data), self.serve)
         if request.is_proto():
             packed = request.proto
             if not packed.type_url.endswith(PROTO_TYPE_NAME):
@@ -248,6 +251,7 @@ class ClassifierService:
         if not self.ready.is_set():
             return TopicEventResponse("retry")  # not ready: daprd redelivers
         try:
+            check_body_size(len(message.raw_data()), self.serve)
             request = decode_body(message.raw_data(), message.data_content_type() or "", "", self.fetcher)
             result: dict[str, Any] = self.classify(request)
         except ClassifierError as exc:
@@ -327,3 +331,12 @@ def serve(settings: Settings, serve_settings: ServeSettings) -> int:
         pass
     service.stop()
     return 0
+
+
+def check_body_size(size: int, serve: ServeSettings) -> None:
+    if size > serve.max_message_bytes:
+        raise ClassifierError(
+            ErrorKind.RESOURCE_EXHAUSTED,
+            f"the body is {size} bytes, over the limit of {serve.max_message_bytes} "
+            f"(CLASSIFIER_MAX_MESSAGE_MB={serve.max_message_bytes >> 20})",
+        )

@@ -18,8 +18,8 @@ import grpc
 import pytest
 from conftest import IMAGES, MODELS
 from dapr.clients import DaprClient
-from daprd import FakeDaprd, InvokeResult
-from service_process import ROOT, ServiceProcess, new_daprd, sidecar_env
+from daprd import FakeDaprd
+from service_process import ROOT, ServiceProcess, error_of, new_daprd, results_for, sidecar_env, upload
 
 from service.edge.classifier_pb2 import ClassifyRequest, ClassifyResponse
 from service.stores.dapr import CHUNK_BYTES, DaprStore
@@ -27,15 +27,6 @@ from service.stores.dapr import CHUNK_BYTES, DaprStore
 BIRD = (IMAGES / "classify" / "bird.jpg").read_bytes()
 BURGER = (IMAGES / "classify" / "burger.jpg").read_bytes()
 BIRDS_LABELS = (MODELS / "aiy_birds_v1" / "labels.txt").read_text().splitlines()
-
-
-def upload(daprd: FakeDaprd, tmp: Path, name: str, model: str, labels: list[str] | None = None) -> int:
-    with sidecar_env(daprd), DaprClient() as client:
-        store = DaprStore(client, tmp / "uploader-cache")
-        model_bytes = (MODELS / model / "model.tflite").read_bytes()
-        if labels is None and (MODELS / model / "labels.txt").exists():
-            labels = (MODELS / model / "labels.txt").read_text().splitlines()
-        return store.put(name, model_bytes, labels).version
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +49,6 @@ def service(daprd: FakeDaprd, workdir: Path) -> Iterator[ServiceProcess]:
     process.wait_ready()
     yield process
     assert process.terminate() == 0
-
-
-def error_of(result: InvokeResult) -> dict:
-    return json.loads(result.details)["error"]
 
 
 # -- service invocation ------------------------------------------------------------------
@@ -202,17 +189,6 @@ def test_models_method_lists_versions(service: ServiceProcess, daprd: FakeDaprd)
 
 
 # -- pub/sub --------------------------------------------------------------------------------
-
-
-def results_for(daprd: FakeDaprd, event_id: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for published in daprd.published("classifications"):
-            result = json.loads(published.data)
-            if result.get("correlation_id") == event_id:
-                return result
-        time.sleep(0.02)
-    raise AssertionError(f"no result for {event_id}")
 
 
 def test_image_event_is_classified_and_published(service: ServiceProcess, daprd: FakeDaprd) -> None:

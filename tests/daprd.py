@@ -963,13 +963,17 @@ class FakeDaprd:
         *,
         token: str | _UseConfiguredToken | None = CONFIGURED_TOKEN,
         caller_app_id: str = FAKE_CALLER_APP_ID,
+        querystring: str = "",
     ) -> InvokeResult:
-        """OnInvoke as daprd sends an HTTP-originated invocation (POST, raw body in Any.value)."""
+        """OnInvoke as daprd sends an HTTP-originated invocation (POST, raw body in Any.value,
+        the URL's query string in http_extension)."""
         request = common_pb2.InvokeRequest(
             method=method,
             data=any_pb2.Any(value=data),
             content_type=content_type,
-            http_extension=common_pb2.HTTPExtension(verb=common_pb2.HTTPExtension.Verb.POST),
+            http_extension=common_pb2.HTTPExtension(
+                verb=common_pb2.HTTPExtension.Verb.POST, querystring=querystring
+            ),
         )
         return self._call_on_invoke(request, metadata, token, caller_app_id)
 

@@ -577,6 +577,11 @@ class FakeDaprd:
         with self._lock:
             self._faults.setdefault(rpc_name, deque()).extend([code] * times)
 
+    def clear_faults(self) -> None:
+        """Drop the faults queued by fail_next that have not been used up."""
+        with self._lock:
+            self._faults.clear()
+
     def _admit(self, rpc_name: str, metadata: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
         """Whether a Dapr API call may run; else the status it fails with."""
         with self._lock:

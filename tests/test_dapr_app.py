@@ -19,6 +19,7 @@ import pytest
 from conftest import IMAGES, MODELS
 from dapr.clients import DaprClient
 from daprd import FakeDaprd
+from hardening import HardeningLog
 from service_process import ROOT, ServiceProcess, error_of, new_daprd, results_for, sidecar_env, upload
 
 from service.edge.classifier_pb2 import ClassifyRequest, ClassifyResponse
@@ -269,7 +270,9 @@ def wait_for_failure(daprd: FakeDaprd, name: str, version: int) -> dict:
 
 
 @pytest.mark.parametrize("fault", ["missing chunk", "digest mismatch"])
-def test_damaged_new_version_is_not_activated(service: ServiceProcess, daprd: FakeDaprd, fault: str) -> None:
+def test_damaged_new_version_is_not_activated(
+    service: ServiceProcess, daprd: FakeDaprd, fault: str, hardening: HardeningLog
+) -> None:
     original = app_state(daprd)["model/mobilenet"]
     manifest = json.loads(original)
     active = model_status(daprd, "mobilenet")["version"]
@@ -289,6 +292,14 @@ def test_damaged_new_version_is_not_activated(service: ServiceProcess, daprd: Fa
         response = json.loads(daprd.invoke("classify", body).data)
         assert response["version"] == active and response["predictions"][0]["label"] == "cheeseburger"
         assert "not activated" in service.log()
+        hardening.record(
+            "store faults",
+            fault,
+            f"a new manifest whose {'chunks do not exist' if fault == 'missing chunk' else 'sha256 differs'}",
+            "old version serves",
+            f"`models` shows failed_version {broken_version}: {status['error']}; logged as not activated",
+            daprd.health_check(),
+        )
     finally:
         daprd.put_raw("statestore", "model/mobilenet", original)
 

@@ -844,6 +844,11 @@ class FakeDaprd:
                 self._app_channel = grpc.insecure_channel(target)
             return self._app_channel, self._invoke_channel
 
+    def reset_app_channels(self) -> None:
+        """Drop the channels to the app so the next call connects afresh: after the app restarted,
+        the old ones may still be in gRPC's reconnect backoff."""
+        self._close_app_channels()
+
     def _close_app_channels(self) -> None:
         with self._lock:
             channels, self._app_channel, self._invoke_channel = (

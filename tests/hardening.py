@@ -33,7 +33,7 @@ SECTIONS = (
     "load",
 )
 
-MAX_MESSAGE = 160
+MAX_MESSAGE = 220
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,29 @@ loopback gRPC, or the wasm host in-process) and asserted; the table shows what t
 """
 
 
+SECTION_NOTES = {
+    "guest limits": "`classifier serve` with the hostile test guest (`wasm/testguests/hostile.c`, which "
+    "classifies normally unless its stdin starts with `HOSTILE <mode>`), 2 workers, and limits from the "
+    "environment: `CLASSIFIER_TIMEOUT_S=1`, `CLASSIFIER_MAX_MEMORY_MB=64`, `CLASSIFIER_MAX_OUTPUT_KB=64`.",
+    "sandbox": "What a guest can see and reach: the hostile guest's probes through the service, wasm "
+    "modules loaded by the host, and concurrent requests through the default guest.",
+    "inputs: invoke": "`classifier serve` with the default guest and models `birds` (default) and "
+    "`mobilenet`, 2 workers, `CLASSIFIER_MAX_MESSAGE_MB=4`; each case is sent as daprd sends an HTTP "
+    "caller's request to OnInvoke.",
+    "inputs: pub/sub": "The same cases as image events on the `images` topic (with a dead-letter topic), "
+    "delivered by the daprd double with its retry policy (3 retries).",
+    "properties": "Property-based tests (hypothesis) of what parses untrusted bytes.",
+    "store faults": "`classifier serve` with models in the daprd double's state store, polled every 0.5 s.",
+    "load": "On loopback, bounded in count; latencies are in the measurements below, not asserted.",
+}
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or "-"
 
 
 def render(data: dict[str, Any]) -> str:
-    lines = [INTRO]
+    lines = [INTRO.rstrip("\n")]
     section = None
     for record in data["records"]:
         if record["section"] != section:
@@ -51,6 +68,8 @@ def render(data: dict[str, Any]) -> str:
             lines += [
                 "",
                 f"## {section[:1].upper()}{section[1:]}",
+                "",
+                SECTION_NOTES.get(section, ""),
                 "",
                 "| Case | Tried | Outcome | Error, or what was observed | Healthy after |",
                 "|---|---|---|---|---|",

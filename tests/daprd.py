@@ -1022,6 +1022,8 @@ class FakeDaprd:
             )
         except grpc.RpcError as error:
             return InvokeResult(error.code(), b"", "", error.details() or "")
+        except ValueError as error:  # restart() closed the channel under this call
+            return InvokeResult(grpc.StatusCode.CANCELLED, b"", "", str(error))
         return InvokeResult(
             grpc.StatusCode.OK, response.data.value, response.content_type, "", response.data.type_url
         )
@@ -1102,6 +1104,8 @@ class FakeDaprd:
             described = f"{error.code().name}: {error.details()}"
             # UNIMPLEMENTED means no handler for the route: daprd drops instead of retrying.
             return ("DROP" if error.code() == grpc.StatusCode.UNIMPLEMENTED else "RETRY"), described
+        except ValueError as error:  # restart() closed the channel under this call
+            return "RETRY", str(error)
         statuses: dict[int, DeliveryStatus] = {
             appcallback_pb2.TopicEventResponse.SUCCESS: "SUCCESS",
             appcallback_pb2.TopicEventResponse.DROP: "DROP",

@@ -2,7 +2,7 @@
 
 Each hardening test calls `hardening.record(...)` with the case it tried and the outcome
 it observed (and asserted). At the end of the session the records are written to
-build/hardening.json; `python -m tests.hardening_report` renders docs/hardening.md from it.
+.hardening/results.json; `python -m tests.hardening_report` renders docs/hardening.md from it.
 
 Records hold only deterministic facts (statuses, error codes, messages), so a full run
 always renders the same table and CI can check the committed document is current.
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "build" / "hardening.json"
+RESULTS = ROOT / ".hardening" / "results.json"  # not build/: ruff takes that for wasm/build.py
 
 # Sections in the order the document shows them.
 SECTIONS = (

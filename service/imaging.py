@@ -17,8 +17,14 @@ from PIL import Image, ImageOps
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_OUTPUT_PIXELS = 16_000_000
 
-# Orientations (EXIF 0x0112) that swap width and height.
+# decode_rgb checks the pixel count from the header against its own, configurable limit.
+# Pillow's fixed one (89 Mpx, an error at 179 Mpx) would override larger configured limits
+# and report its own number instead of the configured one.
+Image.MAX_IMAGE_PIXELS = None
+
+# Orientations (EXIF 0x0112) that swap width and height, and all that change the image.
 _TRANSPOSED = {5, 6, 7, 8}
+_REORIENTED = {2, 3, 4, 5, 6, 7, 8}
 
 
 class ImageError(Exception):
@@ -51,7 +57,8 @@ def decode_rgb(
             orientation = image.getexif().get(0x0112, 1)
             draft_size = (height, width) if orientation in _TRANSPOSED else (width, height)
             image.draft("RGB", draft_size)  # no-op for formats other than JPEG
-            image = ImageOps.exif_transpose(image)
+            if orientation in _REORIENTED:  # else exif_transpose returns a full-size copy
+                image = ImageOps.exif_transpose(image)
             image = _to_rgb(image)
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)

@@ -30,6 +30,10 @@ DEFAULT_TOP_K = 5
 EXIT_BAD_IMAGE = 65
 EXIT_MODEL_NOT_FOUND = 66
 
+# A failed guest whose memory is this close to its cap is taken to have run out of memory:
+# a few large allocations' worth (the default guest grows its buffers by doubling).
+MEMORY_HEADROOM = 2 << 20
+
 
 def default_guest_bytes() -> bytes:
     with as_file(files("service.guests") / "classify.wasm") as path:
@@ -102,15 +106,25 @@ class Classifier:
 def _response_body(result: GuestResult) -> dict[str, Any]:
     """The guest's stdout as the response, or the error its run ended with."""
     notes = "; ".join(result.call.notes)
-    if result.deadline_exceeded:
-        raise ClassifierError(
-            ErrorKind.DEADLINE_EXCEEDED,
-            f"the guest ran past its deadline of {result.call.limits.timeout_s:g} s",
-        )
+    limits = result.call.limits
+    # Output first: a guest that ignores failed writes keeps writing until its deadline.
     if result.output_overflow:
         raise ClassifierError(
+            ErrorKind.RESOURCE_EXHAUSTED, f"the guest wrote more than {limits.output_bytes} bytes of output"
+        )
+    if result.deadline_exceeded:
+        raise ClassifierError(
+            ErrorKind.DEADLINE_EXCEEDED, f"the guest ran past its deadline of {limits.timeout_s:g} s"
+        )
+    failed = result.trap is not None or result.exit_code not in (0, EXIT_BAD_IMAGE, EXIT_MODEL_NOT_FOUND)
+    if failed and result.memory_bytes + MEMORY_HEADROOM > limits.memory_bytes:
+        # memory.grow fails silently at the cap; a guest failing right there ran out of memory.
+        ended = (
+            f"trapped: {result.trap}" if result.trap is not None else f"exited with code {result.exit_code}"
+        )
+        raise ClassifierError(
             ErrorKind.RESOURCE_EXHAUSTED,
-            f"the guest wrote more than {result.call.limits.output_bytes} bytes of output",
+            f"the guest ran out of memory (limit {limits.memory_bytes >> 20} MiB) and {ended}",
         )
     if result.trap is not None:
         raise ClassifierError(ErrorKind.GUEST_FAILED, f"the guest trapped: {result.trap}")

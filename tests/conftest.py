@@ -20,6 +20,7 @@ IMAGES = SHARED / "images"
 
 sys.path.insert(0, str(ROOT / "wasm"))
 from build import compile_guest  # noqa: E402
+from hardening import hardening, pytest_sessionfinish  # noqa: E402, F401  (records for docs/hardening.md)
 
 if not MODELS.is_dir():
     pytest.exit(f"the shared test data is missing: {SHARED}", returncode=2)

@@ -577,6 +577,11 @@ class FakeDaprd:
         with self._lock:
             self._faults.setdefault(rpc_name, deque()).extend([code] * times)
 
+    def clear_faults(self) -> None:
+        """Drop the faults queued by fail_next that have not been used up."""
+        with self._lock:
+            self._faults.clear()
+
     def _admit(self, rpc_name: str, metadata: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
         """Whether a Dapr API call may run; else the status it fails with."""
         with self._lock:
@@ -839,6 +844,11 @@ class FakeDaprd:
                 self._app_channel = grpc.insecure_channel(target)
             return self._app_channel, self._invoke_channel
 
+    def reset_app_channels(self) -> None:
+        """Drop the channels to the app so the next call connects afresh: after the app restarted,
+        the old ones may still be in gRPC's reconnect backoff."""
+        self._close_app_channels()
+
     def _close_app_channels(self) -> None:
         with self._lock:
             channels, self._app_channel, self._invoke_channel = (
@@ -963,13 +973,17 @@ class FakeDaprd:
         *,
         token: str | _UseConfiguredToken | None = CONFIGURED_TOKEN,
         caller_app_id: str = FAKE_CALLER_APP_ID,
+        querystring: str = "",
     ) -> InvokeResult:
-        """OnInvoke as daprd sends an HTTP-originated invocation (POST, raw body in Any.value)."""
+        """OnInvoke as daprd sends an HTTP-originated invocation (POST, raw body in Any.value,
+        the URL's query string in http_extension)."""
         request = common_pb2.InvokeRequest(
             method=method,
             data=any_pb2.Any(value=data),
             content_type=content_type,
-            http_extension=common_pb2.HTTPExtension(verb=common_pb2.HTTPExtension.Verb.POST),
+            http_extension=common_pb2.HTTPExtension(
+                verb=common_pb2.HTTPExtension.Verb.POST, querystring=querystring
+            ),
         )
         return self._call_on_invoke(request, metadata, token, caller_app_id)
 
@@ -1008,6 +1022,8 @@ class FakeDaprd:
             )
         except grpc.RpcError as error:
             return InvokeResult(error.code(), b"", "", error.details() or "")
+        except ValueError as error:  # restart() closed the channel under this call
+            return InvokeResult(grpc.StatusCode.CANCELLED, b"", "", str(error))
         return InvokeResult(
             grpc.StatusCode.OK, response.data.value, response.content_type, "", response.data.type_url
         )
@@ -1088,6 +1104,8 @@ class FakeDaprd:
             described = f"{error.code().name}: {error.details()}"
             # UNIMPLEMENTED means no handler for the route: daprd drops instead of retrying.
             return ("DROP" if error.code() == grpc.StatusCode.UNIMPLEMENTED else "RETRY"), described
+        except ValueError as error:  # restart() closed the channel under this call
+            return "RETRY", str(error)
         statuses: dict[int, DeliveryStatus] = {
             appcallback_pb2.TopicEventResponse.SUCCESS: "SUCCESS",
             appcallback_pb2.TopicEventResponse.DROP: "DROP",

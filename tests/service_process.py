@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from daprd import FakeDaprd
+from conftest import MODELS
+from dapr.clients import DaprClient
+from daprd import FakeDaprd, InvokeResult
 
 from service.demo import free_port
+from service.stores.dapr import DaprStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +64,15 @@ class ServiceProcess:
         finally:
             self._log.close()
 
+    def memory_kib(self) -> dict[str, int]:
+        """VmRSS (resident now) and VmHWM (peak resident) of the process, in KiB."""
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0])
+        return fields
+
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -80,3 +94,30 @@ def sidecar_env(daprd: FakeDaprd) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def upload(daprd: FakeDaprd, tmp: Path, name: str, model: str, labels: list[str] | None = None) -> int:
+    """Put a ../shared model into the double's state store as `classifier models put` does."""
+    with sidecar_env(daprd), DaprClient() as client:
+        store = DaprStore(client, tmp / "uploader-cache")
+        model_bytes = (MODELS / model / "model.tflite").read_bytes()
+        if labels is None and (MODELS / model / "labels.txt").exists():
+            labels = (MODELS / model / "labels.txt").read_text().splitlines()
+        return store.put(name, model_bytes, labels).version
+
+
+def error_of(result: InvokeResult) -> dict:
+    """The JSON error body of a failed call."""
+    return json.loads(result.details)["error"]
+
+
+def results_for(daprd: FakeDaprd, event_id: str, timeout: float = 10.0) -> dict:
+    """The result the app published to `classifications` for an event."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for published in daprd.published("classifications"):
+            result = json.loads(published.data)
+            if result.get("correlation_id") == event_id:
+                return result
+        time.sleep(0.02)
+    raise AssertionError(f"no result for {event_id}")

@@ -18,8 +18,9 @@ import grpc
 import pytest
 from conftest import IMAGES, MODELS
 from dapr.clients import DaprClient
-from daprd import FakeDaprd, InvokeResult
-from service_process import ROOT, ServiceProcess, new_daprd, sidecar_env
+from daprd import FakeDaprd
+from hardening import HardeningLog
+from service_process import ROOT, ServiceProcess, error_of, new_daprd, results_for, sidecar_env, upload
 
 from service.edge.classifier_pb2 import ClassifyRequest, ClassifyResponse
 from service.stores.dapr import CHUNK_BYTES, DaprStore
@@ -27,15 +28,6 @@ from service.stores.dapr import CHUNK_BYTES, DaprStore
 BIRD = (IMAGES / "classify" / "bird.jpg").read_bytes()
 BURGER = (IMAGES / "classify" / "burger.jpg").read_bytes()
 BIRDS_LABELS = (MODELS / "aiy_birds_v1" / "labels.txt").read_text().splitlines()
-
-
-def upload(daprd: FakeDaprd, tmp: Path, name: str, model: str, labels: list[str] | None = None) -> int:
-    with sidecar_env(daprd), DaprClient() as client:
-        store = DaprStore(client, tmp / "uploader-cache")
-        model_bytes = (MODELS / model / "model.tflite").read_bytes()
-        if labels is None and (MODELS / model / "labels.txt").exists():
-            labels = (MODELS / model / "labels.txt").read_text().splitlines()
-        return store.put(name, model_bytes, labels).version
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +50,6 @@ def service(daprd: FakeDaprd, workdir: Path) -> Iterator[ServiceProcess]:
     process.wait_ready()
     yield process
     assert process.terminate() == 0
-
-
-def error_of(result: InvokeResult) -> dict:
-    return json.loads(result.details)["error"]
 
 
 # -- service invocation ------------------------------------------------------------------
@@ -204,17 +192,6 @@ def test_models_method_lists_versions(service: ServiceProcess, daprd: FakeDaprd)
 # -- pub/sub --------------------------------------------------------------------------------
 
 
-def results_for(daprd: FakeDaprd, event_id: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for published in daprd.published("classifications"):
-            result = json.loads(published.data)
-            if result.get("correlation_id") == event_id:
-                return result
-        time.sleep(0.02)
-    raise AssertionError(f"no result for {event_id}")
-
-
 def test_image_event_is_classified_and_published(service: ServiceProcess, daprd: FakeDaprd) -> None:
     delivery = daprd.deliver("pubsub", "images", BIRD, "application/octet-stream", event_id="frame-1")
     assert delivery.status == "SUCCESS" and delivery.attempts == 1, delivery.last_error
@@ -293,7 +270,9 @@ def wait_for_failure(daprd: FakeDaprd, name: str, version: int) -> dict:
 
 
 @pytest.mark.parametrize("fault", ["missing chunk", "digest mismatch"])
-def test_damaged_new_version_is_not_activated(service: ServiceProcess, daprd: FakeDaprd, fault: str) -> None:
+def test_damaged_new_version_is_not_activated(
+    service: ServiceProcess, daprd: FakeDaprd, fault: str, hardening: HardeningLog
+) -> None:
     original = app_state(daprd)["model/mobilenet"]
     manifest = json.loads(original)
     active = model_status(daprd, "mobilenet")["version"]
@@ -313,6 +292,14 @@ def test_damaged_new_version_is_not_activated(service: ServiceProcess, daprd: Fa
         response = json.loads(daprd.invoke("classify", body).data)
         assert response["version"] == active and response["predictions"][0]["label"] == "cheeseburger"
         assert "not activated" in service.log()
+        hardening.record(
+            "store faults",
+            fault,
+            f"a new manifest whose {'chunks do not exist' if fault == 'missing chunk' else 'sha256 differs'}",
+            "old version serves",
+            f"`models` shows failed_version {broken_version}: {status['error']}; logged as not activated",
+            daprd.health_check(),
+        )
     finally:
         daprd.put_raw("statestore", "model/mobilenet", original)
 

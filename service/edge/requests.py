@@ -108,6 +108,8 @@ def decode_json(data: bytes, fetcher: ImageFetcher) -> ClassifyRequest:
         body: Any = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise invalid_argument(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # deeply nested arrays or objects
+        raise invalid_argument("the JSON body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise invalid_argument("the JSON body must be an object")
     if ("image_base64" in body) == ("image_url" in body):

@@ -22,7 +22,7 @@ from ..errors import ClassifierError, ErrorKind, invalid_argument
 from ..inference.labels import labels_from_metadata
 from ..inference.model import ModelSpec, inspect_model
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: `$` would accept a final newline
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 GUEST_FILE = "guest.wasm"

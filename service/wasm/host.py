@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -27,7 +28,7 @@ import wasmtime
 from wasmtime import _bindings, _ffi
 
 from ..errors import ClassifierError, ErrorKind
-from . import image, wasi_nn
+from . import image, wasi_nn, wasi_poll
 from .call import GuestCall, running
 
 EPOCH_TICK_S = 0.01  # 5-10 ms ticks cost nothing measurable and keep deadlines accurate
@@ -60,6 +61,7 @@ class GuestResult:
     deadline_exceeded: bool = False
     output_overflow: bool = False
     elapsed_s: float = 0.0
+    memory_bytes: int = 0  # the guest's linear memory when the run ended
     call: GuestCall = field(default_factory=GuestCall)
 
 
@@ -128,6 +130,7 @@ class WasmHost:
         self.cache_dir = cache_dir
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
+        wasi_poll.define(self.linker)  # sleeps bounded by the deadline
         wasi_nn.define(self.linker)
         image.define(self.linker)
         self._guests: dict[str, Guest] = {}
@@ -221,6 +224,7 @@ class WasmHost:
         exit_code: int | None = None
         trap: str | None = None
         deadline_exceeded = False
+        instance: wasmtime.Instance | None = None
         with running(call):
             try:
                 instance = guest.pre.instantiate(store)
@@ -234,7 +238,7 @@ class WasmHost:
             except wasmtime.ExitTrap as exc:
                 exit_code = exc.code
             except wasmtime.Trap as exc:
-                trap = _first_line(exc)
+                trap = _trap_message(exc)
                 deadline_exceeded = exc.trap_code == wasmtime.TrapCode.INTERRUPT
             except wasmtime.WasmtimeError as exc:  # e.g. instantiation over the memory limit
                 trap = _first_line(exc)
@@ -246,6 +250,7 @@ class WasmHost:
             deadline_exceeded=deadline_exceeded or call.deadline_hit,
             output_overflow=stdout.overflow or stderr.overflow,
             elapsed_s=time.perf_counter() - started,
+            memory_bytes=_memory_bytes(instance, store),
             call=call,
         )
 
@@ -253,6 +258,20 @@ class WasmHost:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _trap_message(trap: wasmtime.Trap) -> str:
+    """What the trap was: wasmtime's message starts with a backtrace and ends with the cause."""
+    text = str(trap).strip()
+    if "Caused by:" in text:
+        lines = text.split("Caused by:", 1)[1].splitlines()
+        return "; ".join(re.sub(r"^\d+: ", "", line.strip()) for line in lines if line.strip())
+    return _first_line(trap)
+
+
+def _memory_bytes(instance: wasmtime.Instance | None, store: wasmtime.Store) -> int:
+    memory = instance.exports(store).get("memory") if instance is not None else None
+    return memory.data_len(store) if isinstance(memory, wasmtime.Memory) else 0
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -13,20 +13,28 @@ Their answers are compared with LiteRT run directly on the same preprocessing.
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import wasmtime
 from conftest import IMAGES, MODELS
+from service_process import ServiceProcess, new_daprd
 
 from service import cli
+from service.config import Settings
+from service.errors import ClassifierError, ErrorKind
+from service.guest_args import parse_template
 from service.imaging import decode_full_rgb, decode_rgb, resize_align_corners
 from service.inference.cache import GraphCache
 from service.inference.litert import Interpreter
 from service.inference.model import Graph
+from service.pipeline import Classifier
 from service.wasm.call import GuestCall
 from service.wasm.host import GuestResult, Preopen, WasmHost
 
@@ -698,3 +706,153 @@ def test_graph_loaded_by_sessions_is_the_shared_cache(host, test_guests, graph_c
     )  # fmt: skip
     cached = graph_cache.get_or_load(BIRDS.read_bytes())
     assert isinstance(cached, Graph) and cached.idle_count() >= 1  # the session's interpreter came back
+
+
+# -- a WasmEdge guest as the business logic of classify -------------------------------------
+
+BIRDS_MODEL = "aiy_birds_v1"  # its name in the model_store fixture
+
+
+@pytest.fixture(scope="module")
+def wasmedge_classifier(model_store, test_guests):
+    """The service with the birds_v1-style guest, args as WasmEdge users pass them."""
+    settings = Settings(
+        store_dir=model_store.root,
+        guest=test_guests["wasmedge_tf_v02"],
+        guest_args=parse_template("{model_path} {image_path}"),
+    )
+    instance = Classifier(settings, store=model_store)
+    yield instance
+    instance.close()
+
+
+def classifier_with(model_store, wasm: Path, template: str) -> Classifier:
+    settings = Settings(store_dir=model_store.root, guest=wasm, guest_args=parse_template(template))
+    return Classifier(settings, store=model_store)
+
+
+def test_wasmedge_guest_answers_classify_with_its_stdout(wasmedge_classifier, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the request's image goes
+    response = wasmedge_classifier.classify(BIRD.read_bytes(), BIRDS_MODEL)
+    assert response.pop("elapsed_ms") > 0
+    assert response == {"model": BIRDS_MODEL, "version": 1, "output": "166 : 0.87058824"}
+    assert list(tmp_path.iterdir()) == []  # the image's directory is gone with the request
+
+
+def test_json_stdout_is_the_response_as_it_is(model_store, test_guests):
+    pixels = decode_rgb(BIRD.read_bytes(), 224, 224, formats=("JPEG",))
+    index, score = top1(litert_output(BIRDS, pixels))
+    classifier = classifier_with(model_store, test_guests["wasi_nn_crates"], "0.6 {model_path} {image_path}")
+    try:
+        response = classifier.classify(BIRD.read_bytes(), BIRDS_MODEL)
+    finally:
+        classifier.close()
+    assert response["model"] == BIRDS_MODEL and response["version"] == 1 and "elapsed_ms" in response
+    assert (response["crate"], response["index"], np.float32(response["score"])) == ("0.6", index, score)
+
+
+def test_what_a_command_guest_is_given(model_store, test_guests):
+    """Args from the template; the image in a read-only /input and on stdin; the model in /model."""
+    probe = test_guests["probe"]
+    image = (IMAGES / "classify" / "sparrow.png").read_bytes()
+
+    def output(template: str) -> list[str]:
+        """The guest's stdout, also when it exits non-zero (the request fails then)."""
+        classifier = classifier_with(model_store, probe, template)
+        results: list[GuestResult] = []
+        real_run = classifier.host.run
+        classifier.host.run = lambda *a, **k: results.append(real_run(*a, **k)) or results[-1]
+        try:
+            classifier.classify(image, BIRDS_MODEL, top_k=3)
+        except ClassifierError:
+            assert results[-1].exit_code == 1  # the probe's "it failed"
+        finally:
+            classifier.close()
+        return results[-1].stdout.decode().splitlines()
+
+    assert output("args {model_path} {labels_path} {model_name} {top_k} {image_path}") == [
+        "arg classify",  # the guest's name
+        "arg args",
+        "arg /model/model.tflite",
+        "arg /model/labels.txt",
+        f"arg {BIRDS_MODEL}",
+        "arg 3",
+        "arg /input/image.png",  # named by the image's type
+    ]
+    assert sorted(output("ls /input {image_path}")) == ["entry .", "entry ..", "entry image.png"]
+    assert output("write /input/new.txt {image_path}")[0].startswith("write-failed")  # read-only
+    stdin_hash = 0
+    for byte in image:
+        stdin_hash = (stdin_hash * 31 + byte) % 1000000007
+    assert output("stdin") == [f"bytes {len(image)} hash {stdin_hash}"]
+    assert output("ls /input")[0].startswith("ls-failed")  # no {image_path}: no file, no directory
+
+
+def test_a_guest_that_traps_fails_the_request_clearly(model_store, test_guests):
+    classifier = classifier_with(model_store, test_guests["legacy_probe"], "trap run-unknown {model_path}")
+    try:
+        with pytest.raises(ClassifierError) as failure:
+            classifier.classify(BIRD.read_bytes(), BIRDS_MODEL)
+    finally:
+        classifier.close()
+    assert failure.value.kind == ErrorKind.GUEST_FAILED
+    assert "wasmedge_tensorflowlite_run_session: unknown session handle 999" in failure.value.message
+
+
+def test_guest_args_need_a_guest_file_and_known_placeholders(model_store):
+    with pytest.raises(ClassifierError, match=re.escape("unknown guest args placeholder {model}")):
+        parse_template("{model} {image_path}")
+    with pytest.raises(ClassifierError, match=re.escape("CLASSIFIER_GUEST=FILE.wasm")):
+        Classifier(Settings(store_dir=model_store.root, guest_args=("{model_path}",)), store=model_store)
+
+
+def test_classify_cli_with_a_wasmedge_guest(model_store, test_guests, capfd):
+    code = cli.main(
+        [
+            "--store", str(model_store.root), "classify", str(BIRD), "--model", BIRDS_MODEL, "--json",
+            "--guest", str(test_guests["wasmedge_tf_v02"]), "--guest-args", "{model_path} {image_path}",
+        ]
+    )  # fmt: skip
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    response = json.loads(out)
+    assert (response["image"], response["output"]) == (str(BIRD), "166 : 0.87058824")
+
+
+def test_classifier_serve_runs_a_stored_wasmedge_guest(test_guests, tmp_path, monkeypatch, capfd):
+    """End to end: `classifier guests put --args` into the Dapr state store, `classifier serve`
+    with CLASSIFIER_GUEST naming it, classify invoked through the daprd double."""
+    daprd = new_daprd()
+    service = None
+    try:
+        for name, value in daprd.env().items():
+            if name.startswith("DAPR_"):
+                monkeypatch.setenv(name, value)
+        store = str(tmp_path / "uploader")
+        guest = str(test_guests["wasmedge_tf_v02"])
+        uploads = [
+            ["models", "put", "birds", str(BIRDS), "--labels", str(BIRDS.parent / "labels.txt")],
+            ["guests", "put", "birds-v1", guest, "--args", "{model_path} {image_path}"],
+        ]
+        for argv in uploads:
+            assert cli.main(["--store", store, *argv]) == 0, capfd.readouterr().err
+        service = ServiceProcess(
+            daprd, tmp_path, CLASSIFIER_GUEST="birds-v1", CLASSIFIER_DEFAULT_MODEL="birds"
+        )
+        service.wait_ready()
+
+        result = daprd.invoke("classify", BIRD.read_bytes(), content_type="application/octet-stream")
+        assert result.code == grpc.StatusCode.OK, result.details
+        response = json.loads(result.data)
+        assert response.pop("elapsed_ms") > 0
+        assert response == {"model": "birds", "version": 1, "output": "166 : 0.87058824"}
+        guest = json.loads(daprd.invoke("models", b"").data)["guest"]
+        assert (guest["name"], guest["args"], guest["error"]) == (
+            "birds-v1",
+            ["{model_path}", "{image_path}"],
+            None,
+        )
+    finally:
+        if service is not None:
+            assert service.terminate() == 0, service.log()[-3000:]
+        daprd.close()

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 import wasmtime
-from conftest import IMAGES, MODELS
+from conftest import IMAGES, MODELS, put_shared_model
 from service_process import ServiceProcess, new_daprd
 
 from service import cli
@@ -35,8 +35,10 @@ from service.inference.cache import GraphCache
 from service.inference.litert import Interpreter
 from service.inference.model import Graph
 from service.pipeline import Classifier
+from service.stores.local import LocalStore
 from service.wasm.call import GuestCall
 from service.wasm.host import GuestResult, Preopen, WasmHost
+from service.watcher import Watcher
 
 BIRDS = MODELS / "aiy_birds_v1" / "model.tflite"
 BIRD = IMAGES / "classify" / "bird.jpg"
@@ -856,3 +858,35 @@ def test_classifier_serve_runs_a_stored_wasmedge_guest(test_guests, tmp_path, mo
         if service is not None:
             assert service.terminate() == 0, service.log()[-3000:]
         daprd.close()
+
+
+def test_a_new_guest_version_with_new_args_is_activated(test_guests, tmp_path):
+    """The watcher swaps guest and args together, also when only the args change."""
+    store = LocalStore(tmp_path)
+    put_shared_model(store, BIRDS_MODEL)
+    classifier = Classifier(Settings(store_dir=tmp_path), store=store)
+    watcher = Watcher(classifier, "wasmedge", poll_s=3600)
+    try:
+        wasm = test_guests["wasmedge_tf_v02"].read_bytes()
+        store.put_guest("wasmedge", wasm, ("{model_path}", "{image_path}"))
+        assert watcher.refresh_guest()
+        assert classifier.classify(BIRD.read_bytes(), BIRDS_MODEL)["output"] == "166 : 0.87058824"
+        store.put_guest("wasmedge", wasm, ("{model_path}", "{image_path}", "nope", BIRDS_OUTPUT))
+        assert watcher.refresh_guest()
+        # An unknown input name: append_input ignores it, the model runs on zeros.
+        assert classifier.classify(BIRD.read_bytes(), BIRDS_MODEL)["output"] != "166 : 0.87058824"
+        assert not watcher.refresh_guest()  # nothing new
+    finally:
+        classifier.close()
+
+
+def test_guest_and_args_from_the_environment(monkeypatch, test_guests):
+    """What `classifier serve` reads: CLASSIFIER_GUEST=FILE.wasm and CLASSIFIER_GUEST_ARGS."""
+    monkeypatch.setenv("CLASSIFIER_GUEST", str(test_guests["wasmedge_tf_v02"]))
+    monkeypatch.setenv("CLASSIFIER_GUEST_ARGS", "{model_path} '{image_path}' 'two words'")
+    settings = Settings.from_env()
+    assert settings.guest == test_guests["wasmedge_tf_v02"]
+    assert settings.guest_args == ("{model_path}", "{image_path}", "two words")
+    monkeypatch.setenv("CLASSIFIER_GUEST_ARGS", "{model_path} {image}")
+    with pytest.raises(ClassifierError, match=re.escape("placeholder {image}")):
+        Settings.from_env()

@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from .config import ServeSettings, Settings
 from .errors import ClassifierError, invalid_argument, not_found
+from .guest_args import parse_template
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
 from .inference.model import Graph
@@ -26,10 +28,10 @@ EXIT_TRAP = 134  # like an abort: the guest trapped rather than exiting
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    if args.store:
-        settings = replace(settings, store_dir=args.store)
     try:
+        settings = Settings.from_env()
+        if args.store:
+            settings = replace(settings, store_dir=args.store)
         return int(args.handler(args, settings))
     except ClassifierError as exc:
         print(f"classifier: {exc.message}", file=sys.stderr)
@@ -69,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     guest_put.add_argument("wasm", type=Path, help="a .wasm WASI command")
     guest_put.add_argument(
         "--args",
-        help="args template of a command-style guest, e.g. '{model} {image}' (default: default interface)",
+        help="args template of a command-style guest (one written for WasmEdge), "
+        "e.g. '{model_path} {image_path}' (default: the default guest interface)",
     )
     guest_put.set_defaults(handler=_guests_put)
     guest_list = guest_commands.add_parser("list", help="list guests")
@@ -110,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", required=True)
     classify.add_argument("--top-k", type=int, default=5)
     classify.add_argument("--guest", type=Path, help="business-logic guest (default: the embedded one)")
+    classify.add_argument(
+        "--guest-args",
+        metavar="TEMPLATE",
+        help="the --guest is command-style (written for WasmEdge): its args, e.g. "
+        "'{model_path} {image_path}' (env CLASSIFIER_GUEST_ARGS)",
+    )
     classify.add_argument("--json", action="store_true", help="one JSON response per line")
     classify.set_defaults(handler=_classify)
 
@@ -216,7 +225,7 @@ def _models_rm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _guests_put(args: argparse.Namespace, settings: Settings) -> int:
-    template = tuple(args.args.split()) if args.args is not None else None
+    template = parse_template(args.args) if args.args is not None else None
     manifest = _store(settings).put_guest(
         args.name, _read(args.wasm), template, progress=_progress(f"uploading {args.name}")
     )
@@ -231,7 +240,7 @@ def _guests_list(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps([m.to_dict() for m in manifests], indent=2))
         return 0
     for m in manifests:
-        template = " ".join(m.args) if m.args is not None else "(default interface)"
+        template = shlex.join(m.args) if m.args is not None else "(default interface)"
         print(f"{m.name}\tv{m.version}\t{m.size} bytes\t{m.sha256[:12]}\t{template}")
     return 0
 
@@ -304,6 +313,8 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.guest:
         settings = replace(settings, guest=args.guest)
+    if args.guest_args is not None:
+        settings = replace(settings, guest_args=parse_template(args.guest_args))
     classifier = Classifier(settings)
     failed = 0
     try:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .guest_args import parse_template
 from .imaging import DEFAULT_MAX_PIXELS
 from .wasm.call import GuestLimits
 
@@ -27,6 +28,7 @@ class Settings:
     store_dir: Path = DEFAULT_STORE_DIR
     cache_dir: Path | None = None  # compiled guests; default: <store_dir>/cache
     guest: Path | None = None  # business-logic guest; default: the embedded classify.wasm
+    guest_args: tuple[str, ...] | None = None  # `guest`'s args template if command-style (guest_args.py)
     interpreter_threads: int = 1  # LiteRT threads per interpreter (workers = cores: 1 is best)
     limits: GuestLimits = field(default_factory=GuestLimits)
 
@@ -38,10 +40,12 @@ class Settings:
     def from_env(cls) -> Settings:
         guest = os.environ.get("CLASSIFIER_GUEST")
         cache = os.environ.get("CLASSIFIER_CACHE_DIR")
+        guest_args = os.environ.get("CLASSIFIER_GUEST_ARGS")
         return cls(
             store_dir=Path(os.environ.get("CLASSIFIER_STORE") or DEFAULT_STORE_DIR),
             cache_dir=Path(cache) if cache else None,
             guest=Path(guest) if guest and guest.endswith(".wasm") else None,  # else a stored guest's name
+            guest_args=parse_template(guest_args) if guest_args is not None else None,
             interpreter_threads=_env_int("CLASSIFIER_INTERPRETER_THREADS", 1),
             limits=GuestLimits(
                 timeout_s=_env_float("CLASSIFIER_TIMEOUT_S", 10.0),

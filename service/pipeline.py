@@ -4,22 +4,33 @@
 guest, and the model registry (each model a graph with its interpreter pools). A
 request gets its own GuestCall, which sees only the model it asked for, at the version
 that was active when it started.
+
+The guest is called one of two ways. The default interface (the built-in guest's): the
+model's spec as arguments, the image on stdin. A command-style guest (one written for
+WasmEdge) has an args template instead (guest_args.py): it gets the model by path, the
+image on stdin and, if its template asks, as a file in a per-request read-only
+directory. Either way its stdout is the response: a JSON object as it is, other text
+as {"output": ...}.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
+from . import guest_args
 from .config import Settings
 from .errors import ClassifierError, ErrorKind, invalid_argument
+from .imaging import image_extension
 from .inference.cache import GraphCache
 from .registry import MODEL_DIR_IN_GUEST, LoadedModel, ModelRegistry
-from .stores.base import Store
+from .stores.base import MODEL_FILE, Store
 from .stores.local import LocalStore
 from .wasm.call import GuestCall
 from .wasm.host import Guest, GuestResult, Preopen, WasmHost
@@ -40,6 +51,14 @@ def default_guest_bytes() -> bytes:
         return Path(path).read_bytes()
 
 
+@dataclass(frozen=True)
+class BusinessGuest:
+    """The business-logic guest and how it is called, swapped as one."""
+
+    guest: Guest
+    args_template: tuple[str, ...] | None = None  # a command-style guest's; None: the default interface
+
+
 class Classifier:
     """Classifies images through the business-logic guest. Thread-safe."""
 
@@ -51,9 +70,18 @@ class Classifier:
         self.models = ModelRegistry(self.store, settings.interpreter_threads)
         self.host = WasmHost(settings.module_cache_dir)
         self.graph_cache = GraphCache(num_threads=settings.interpreter_threads)
+        if settings.guest_args is not None and settings.guest is None and guest_wasm is None:
+            raise invalid_argument(
+                "guest args (CLASSIFIER_GUEST_ARGS) are for a guest given as a file "
+                "(CLASSIFIER_GUEST=FILE.wasm); a stored guest keeps its args in the store"
+            )
         if guest_wasm is None:
             guest_wasm = settings.guest.read_bytes() if settings.guest else default_guest_bytes()
-        self.guest: Guest = self.host.load_guest(guest_wasm, "classify")
+        self.business = BusinessGuest(self.host.load_guest(guest_wasm, "classify"), settings.guest_args)
+
+    @property
+    def guest(self) -> Guest:
+        return self.business.guest
 
     def close(self) -> None:
         self.host.close()
@@ -62,17 +90,21 @@ class Classifier:
         """The active version of a model, loading it from the store on first use."""
         return self.models.get(name)
 
-    def set_guest(self, wasm: bytes, name: str = "classify") -> Guest:
+    def set_guest(
+        self, wasm: bytes, name: str = "classify", args_template: tuple[str, ...] | None = None
+    ) -> Guest:
         """Replace the business-logic guest; requests in flight finish on the old one."""
-        self.guest = self.host.load_guest(wasm, name)
-        return self.guest
+        if args_template is not None:
+            guest_args.check_template(args_template)
+        self.business = BusinessGuest(self.host.load_guest(wasm, name), args_template)
+        return self.business.guest
 
     def classify(
         self, image: bytes, model: str, top_k: int = DEFAULT_TOP_K, timeout_s: float | None = None
     ) -> dict[str, Any]:
         """Classify one image; `timeout_s` shortens the configured deadline (a caller's own)."""
         started = time.perf_counter()
-        guest = self.guest  # one guest for the whole request, even if it is replaced meanwhile
+        business = self.business  # one guest for the whole request, even if it is replaced meanwhile
         loaded = self.model(model)
         num_classes = loaded.stored.manifest.num_classes
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes:
@@ -87,13 +119,17 @@ class Classifier:
             named_graphs={loaded.name: loaded.graph},
             graph_cache=self.graph_cache,
         )
-        result = self.host.run(
-            guest,
-            [*loaded.guest_args, "--top-k", str(top_k)],
-            call=call,
-            stdin=image,
-            preopens=[Preopen(loaded.stored.directory, MODEL_DIR_IN_GUEST)],
-        )
+        model_dir = Preopen(loaded.stored.directory, MODEL_DIR_IN_GUEST)
+        if business.args_template is None:
+            result = self.host.run(
+                business.guest,
+                [*loaded.guest_args, "--top-k", str(top_k)],
+                call=call,
+                stdin=image,
+                preopens=[model_dir],
+            )
+        else:
+            result = self._run_command_guest(business, loaded, image, top_k, call, model_dir)
         body = _response_body(result)
         return {
             "model": loaded.name,
@@ -101,6 +137,36 @@ class Classifier:
             **body,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+
+    def _run_command_guest(
+        self,
+        business: BusinessGuest,
+        loaded: LoadedModel,
+        image: bytes,
+        top_k: int,
+        call: GuestCall,
+        model_dir: Preopen,
+    ) -> GuestResult:
+        """Run a guest written for WasmEdge: the model by path, the image on stdin and,
+        if its args name it, as a file in a read-only directory of its own."""
+        template = business.args_template or ()
+        labels = loaded.stored.labels_path
+        values: dict[str, str | None] = {
+            "model_path": f"{MODEL_DIR_IN_GUEST}/{MODEL_FILE}",
+            "labels_path": f"{MODEL_DIR_IN_GUEST}/{labels.name}" if labels is not None else None,
+            "model_name": loaded.name,
+            "top_k": str(top_k),
+        }
+        preopens = [model_dir]
+        with ExitStack() as cleanup:
+            if guest_args.uses(template, "image_path"):
+                image_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="classifier-in-")))
+                image_file = image_dir / f"image.{image_extension(image)}"
+                image_file.write_bytes(image)
+                preopens.append(Preopen(image_dir, guest_args.IMAGE_DIR_IN_GUEST))
+                values["image_path"] = f"{guest_args.IMAGE_DIR_IN_GUEST}/{image_file.name}"
+            args = guest_args.render(template, values)
+            return self.host.run(business.guest, args, call=call, stdin=image, preopens=preopens)
 
 
 def _response_body(result: GuestResult) -> dict[str, Any]:

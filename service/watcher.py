@@ -22,7 +22,7 @@ class Watcher:
         self.guest_name = guest_name
         self.poll_s = poll_s
         self.guest_error: str | None = None
-        self._guest_sha256: str | None = None
+        self._guest_active: tuple[str, tuple[str, ...] | None] | None = None  # (sha256, args template)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one refresh at a time
@@ -42,11 +42,11 @@ class Watcher:
             return False
         with self._lock:
             manifest = self.classifier.store.guest_manifest(self.guest_name)
-            if manifest.sha256 == self._guest_sha256:
-                return False
+            if (manifest.sha256, manifest.args) == self._guest_active:
+                return False  # a new version with the same wasm and args changes nothing
             stored = self.classifier.store.get_guest(self.guest_name)
-            self.classifier.set_guest(stored.wasm, stored.manifest.name)
-            self._guest_sha256 = stored.manifest.sha256
+            self.classifier.set_guest(stored.wasm, stored.manifest.name, stored.manifest.args)
+            self._guest_active = (stored.manifest.sha256, stored.manifest.args)
             self.guest_error = None
             log.info("guest %s version %d active", manifest.name, manifest.version)
             return True

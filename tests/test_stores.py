@@ -123,8 +123,8 @@ def test_upload_progress_reaches_the_total(store: Store) -> None:
 
 
 def test_guests_put_get_list_remove(store: Store) -> None:
-    first = store.put_guest("wasmedge-style", GUEST, ("{model}", "{image}"))
-    assert (first.version, first.size, first.args) == (1, len(GUEST), ("{model}", "{image}"))
+    first = store.put_guest("wasmedge-style", GUEST, ("{model_path}", "{image_path}"))
+    assert (first.version, first.size, first.args) == (1, len(GUEST), ("{model_path}", "{image_path}"))
     second = store.put_guest("wasmedge-style", GUEST)
     assert second.version == 2 and second.args is None
     stored = store.get_guest("wasmedge-style")

@@ -224,6 +224,9 @@ class ClassifierService:
             "guest": {
                 "name": self.watcher.guest_name if self.watcher and self.watcher.guest_name else "default",
                 "sha256": classifier.guest.digest,
+                "args": list(classifier.business.args_template)
+                if classifier.business.args_template is not None
+                else None,
                 "error": self.watcher.guest_error if self.watcher else None,
             },
             "default_model": self._default_model_name(classifier),

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import wasmtime
 
 from ..errors import ClassifierError, ErrorKind, invalid_argument
+from ..guest_args import check_template
 from ..inference.labels import labels_from_metadata
 from ..inference.model import ModelSpec, inspect_model
 
@@ -133,7 +134,8 @@ def prepare_model(
 @dataclass(frozen=True)
 class GuestManifest:
     """A business-logic guest. `args` is the argument template of a command-style guest
-    (placeholders `{model}` and `{image}`); None means the default guest interface."""
+    (placeholders such as `{model_path}` and `{image_path}`, see guest_args.py); None means
+    the default guest interface."""
 
     name: str
     version: int
@@ -181,6 +183,8 @@ def prepare_guest(name: str, wasm: bytes, args: tuple[str, ...] | None, version:
         raise invalid_argument(f"{name}: not a valid wasm module: {message}") from exc
     if args is not None and len(args) > MAX_GUEST_ARGS:
         raise invalid_argument(f"{name}: more than {MAX_GUEST_ARGS} guest arguments")
+    if args is not None:
+        check_template(args)
     return GuestManifest(
         name=name,
         version=version,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -26,8 +26,8 @@ class GuestLimits:
     memory_bytes: int = 256 << 20
     output_bytes: int = 1 << 20  # stdout and stderr, each
     max_image_pixels: int = DEFAULT_MAX_PIXELS
-    max_contexts: int = 16  # wasi-nn execution contexts per run
-    max_loaded_graphs: int = 4  # models a guest may pass as bytes to `load` per run
+    max_contexts: int = 16  # live wasi-nn execution contexts and TFLite sessions per run
+    max_loaded_graphs: int = 4  # models a guest may pass as bytes (`load`, `create_session`) per run
 
 
 @dataclass
@@ -44,7 +44,18 @@ class GuestCall:
     contexts: list[ExecutionContext | None] = field(default_factory=list)
     graph_ids_by_name: dict[str, int] = field(default_factory=dict)
     loaded_graphs: int = 0
+    # wasmedge_tensorflowlite sessions, each an execution context of this run only. The
+    # legacy ABI's i64 handles count from 1 (0 means failure), sessions and output tensors
+    # on one counter; the plugin ABI's u32 ids count from 0, a deleted id is reused first.
+    legacy_sessions: dict[int, ExecutionContext] = field(default_factory=dict)
+    legacy_tensors: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (session, output)
+    next_legacy_handle: int = 1
+    plugin_sessions: list[ExecutionContext | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # why host calls failed, for the caller
+    # The guest's own stderr (set by the host for the run), for what the guest's user must
+    # see: WasmEdge printed its host modules' errors there.
+    stderr: Callable[[bytes], object] | None = None
+    unsupported_calls: set[str] = field(default_factory=set)  # said on stderr once per run
     deadline_hit: bool = False
     host_seconds: dict[str, float] = field(default_factory=dict)  # time in host work, by kind
 
@@ -56,6 +67,13 @@ class GuestCall:
         if len(self.notes) < 32:
             self.notes.append(message)
 
+    def tell_guest_user(self, message: str) -> None:
+        """A line on the guest's stderr (in the notes if the run has none)."""
+        if self.stderr is not None:
+            self.stderr(f"{message}\n".encode())
+        else:
+            self.note(message)
+
     def past_deadline(self) -> bool:
         """Host functions check this before expensive work: a running invoke or decode
         cannot be interrupted by the epoch deadline."""
@@ -66,16 +84,27 @@ class GuestCall:
             return True
         return False
 
+    def live_contexts(self) -> int:
+        """Execution contexts and sessions holding an interpreter now."""
+        return (
+            sum(c is not None for c in self.contexts)
+            + len(self.legacy_sessions)
+            + sum(s is not None for s in self.plugin_sessions)
+        )
+
     def add_host_time(self, kind: str, seconds: float) -> None:
         self.host_seconds[kind] = self.host_seconds.get(kind, 0.0) + seconds
 
     def close(self) -> None:
         """Return every borrowed interpreter to its pool."""
-        for context in self.contexts:
+        for context in [*self.contexts, *self.legacy_sessions.values(), *self.plugin_sessions]:
             if context is not None:
                 context.release()
         self.contexts.clear()
         self.graphs.clear()
+        self.legacy_sessions.clear()
+        self.legacy_tensors.clear()
+        self.plugin_sessions.clear()
 
 
 _local = threading.local()

@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -28,7 +29,7 @@ import wasmtime
 from wasmtime import _bindings, _ffi
 
 from ..errors import ClassifierError, ErrorKind
-from . import image, wasi_nn, wasi_poll
+from . import image, legacy_image, tensorflow, tensorflowlite, wasi_nn, wasi_poll
 from .call import GuestCall, running
 
 EPOCH_TICK_S = 0.01  # 5-10 ms ticks cost nothing measurable and keep deadlines accurate
@@ -133,6 +134,9 @@ class WasmHost:
         wasi_poll.define(self.linker)  # sleeps bounded by the deadline
         wasi_nn.define(self.linker)
         image.define(self.linker)
+        legacy_image.define(self.linker)
+        tensorflowlite.define(self.linker)
+        tensorflow.define(self.linker)
         self._guests: dict[str, Guest] = {}
         self._lock = threading.Lock()
         self._ticker = _EpochTicker(self.engine, EPOCH_TICK_S)
@@ -213,10 +217,12 @@ class WasmHost:
             wasi.inherit_stdin()
             wasi.inherit_stdout()
             wasi.inherit_stderr()
+            call.stderr = _write_process_stderr
         else:
             _set_stdin_bytes(wasi, stdin)
             wasi.stdout_custom = stdout
             wasi.stderr_custom = stderr
+            call.stderr = stderr
         for preopen in preopens:
             wasi.preopen_dir(str(preopen.host_path), preopen.guest_path, preopen.writable)
         store.set_wasi(wasi)
@@ -253,6 +259,11 @@ class WasmHost:
             memory_bytes=_memory_bytes(instance, store),
             call=call,
         )
+
+
+def _write_process_stderr(data: bytes) -> None:
+    sys.stderr.buffer.write(data)
+    sys.stderr.flush()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ class GuestMemoryError(Exception):
     """A guest pointer or length falls outside its linear memory."""
 
 
-class MissingMemory(Exception):
+class MissingMemory(wasmtime.Trap):
     """The guest exports no linear memory named `memory` (a trap, as in WasmEdge)."""
 
 

@@ -208,7 +208,7 @@ def init_execution_context(
 ) -> None:
     memory.view(context_out, 4)
     model = _graph(call, graph)
-    if sum(c is not None for c in call.contexts) >= call.limits.max_contexts:
+    if call.live_contexts() >= call.limits.max_contexts:
         raise NnFailure(Errno.BUSY, f"more than {call.limits.max_contexts} execution contexts")
     _refuse_past_deadline(call)
     call.contexts.append(model.new_context())

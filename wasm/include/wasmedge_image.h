@@ -36,4 +36,44 @@ WASMEDGE_IMAGE_IMPORT("load_png")
 int32_t img_load_png(const uint8_t *in, uint32_t in_len, uint32_t out_w, uint32_t out_h,
                      uint32_t out_type, void *out, uint32_t out_len);
 
+/*
+ * WasmEdge's legacy image functions (crate wasmedge_tensorflow_interface 0.2),
+ * same module: no output length. They write w*h*3 bytes (rgb8, bgr8) or w*h*3
+ * floats (rgb32f, bgr32f: byte / 255) at out, resized as WasmEdge did (Boost.GIL
+ * align-corners bilinear, truncated). Returns 0 on success, 1 on any failure,
+ * including an output range that does not fit in guest memory (nothing is
+ * written then).
+ */
+WASMEDGE_IMAGE_IMPORT("wasmedge_image_load_jpg_to_rgb8")
+uint32_t wasmedge_image_load_jpg_to_rgb8(const uint8_t *in, uint32_t in_len, uint32_t width,
+                                         uint32_t height, void *out);
+
+WASMEDGE_IMAGE_IMPORT("wasmedge_image_load_jpg_to_bgr8")
+uint32_t wasmedge_image_load_jpg_to_bgr8(const uint8_t *in, uint32_t in_len, uint32_t width,
+                                         uint32_t height, void *out);
+
+WASMEDGE_IMAGE_IMPORT("wasmedge_image_load_jpg_to_rgb32f")
+uint32_t wasmedge_image_load_jpg_to_rgb32f(const uint8_t *in, uint32_t in_len, uint32_t width,
+                                           uint32_t height, void *out);
+
+WASMEDGE_IMAGE_IMPORT("wasmedge_image_load_jpg_to_bgr32f")
+uint32_t wasmedge_image_load_jpg_to_bgr32f(const uint8_t *in, uint32_t in_len, uint32_t width,
+                                           uint32_t height, void *out);
+
+WASMEDGE_IMAGE_IMPORT("wasmedge_image_load_png_to_rgb8")
+uint32_t wasmedge_image_load_png_to_rgb8(const uint8_t *in, uint32_t in_len, uint32_t width,
+                                         uint32_t height, void *out);
+
+WASMEDGE_IMAGE_IMPORT("wasmedge_image_load_png_to_bgr8")
+uint32_t wasmedge_image_load_png_to_bgr8(const uint8_t *in, uint32_t in_len, uint32_t width,
+                                         uint32_t height, void *out);
+
+WASMEDGE_IMAGE_IMPORT("wasmedge_image_load_png_to_rgb32f")
+uint32_t wasmedge_image_load_png_to_rgb32f(const uint8_t *in, uint32_t in_len, uint32_t width,
+                                           uint32_t height, void *out);
+
+WASMEDGE_IMAGE_IMPORT("wasmedge_image_load_png_to_bgr32f")
+uint32_t wasmedge_image_load_png_to_bgr32f(const uint8_t *in, uint32_t in_len, uint32_t width,
+                                           uint32_t height, void *out);
+
 #endif

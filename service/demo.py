@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from dapr.proto.common.v1 import common_pb2
@@ -34,32 +35,54 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_serve(env: dict[str, str], port: int | None = None, **popen: Any) -> tuple[subprocess.Popen, int]:
+    """`classifier serve` on the embedded store (no sidecar), on a free port unless given."""
+    port = port or free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DAPR_")}
+    environment.update(env, APP_PORT=str(port))
+    server = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=environment, **popen)
+    return server, port
+
+
+def stop_serve(server: subprocess.Popen) -> int:
+    """SIGTERM, as `dapr run` stops an app; the exit code."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        return server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return server.wait()
+
+
+def invoke_request(image: bytes, model: str, top_k: int) -> common_pb2.InvokeRequest:
+    """What daprd sends the app for `dapr invoke --method classify --data-file IMAGE`."""
+    return common_pb2.InvokeRequest(
+        method="classify",
+        data=any_pb2.Any(value=image),
+        content_type="application/json",  # what `dapr invoke --data-file` sends
+        http_extension=common_pb2.HTTPExtension(
+            verb=common_pb2.HTTPExtension.POST, querystring=f"model={model}&top_k={top_k}"
+        ),
+    )
+
+
 def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> int:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DAPR_")}  # the embedded store
-    env.update(APP_PORT=str(port), CLASSIFIER_STORE=str(settings.store_dir), CLASSIFIER_MODELS=model)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"], env=env, stderr=subprocess.PIPE, text=True
+    server, port = start_serve(
+        {"CLASSIFIER_STORE": str(settings.store_dir), "CLASSIFIER_MODELS": model},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     print(f"started classifier serve (pid {server.pid}) on port {port}")
     failed = 0
     server_failed = False
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            _wait_healthy(channel, server)
+            wait_healthy(channel, server)
             print("healthy; classifying through OnInvoke, as daprd would")
             app = appcallback_pb2_grpc.AppCallbackStub(channel)
             for image in images:
-                request = common_pb2.InvokeRequest(
-                    method="classify",
-                    data=any_pb2.Any(value=image.read_bytes()),
-                    content_type="application/json",  # what `dapr invoke --data-file` sends
-                    http_extension=common_pb2.HTTPExtension(
-                        verb=common_pb2.HTTPExtension.POST, querystring=f"model={model}&top_k={top_k}"
-                    ),
-                )
                 try:
-                    response = app.OnInvoke(request, timeout=30)
+                    response = app.OnInvoke(invoke_request(image.read_bytes(), model, top_k), timeout=30)
                     print(f"{image}: {_summary(json.loads(response.data.value))}")
                 except grpc.RpcError as exc:
                     failed += 1
@@ -68,12 +91,7 @@ def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> 
         print(f"classifier demo: {exc}", file=sys.stderr)
         server_failed = True
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            code = server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            code = server.wait()
+        code = stop_serve(server)
         server_log = server.stderr.read() if server.stderr is not None else ""
         if server_failed or code != 0:
             sys.stderr.write(server_log[-4000:])
@@ -81,8 +99,9 @@ def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> 
     return 1 if failed or server_failed or code != 0 else 0
 
 
-def _wait_healthy(channel: grpc.Channel, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def wait_healthy(channel: grpc.Channel, server: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
+    """As daprd does: list the subscriptions, then poll the health check until it passes."""
+    deadline = time.monotonic() + timeout_s
     health = channel.unary_unary(
         "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck",
         request_serializer=empty_pb2.Empty.SerializeToString,
@@ -101,7 +120,7 @@ def _wait_healthy(channel: grpc.Channel, server: subprocess.Popen[str]) -> None:
             return
         except grpc.RpcError:
             time.sleep(0.1)
-    raise RuntimeError(f"classifier serve was not healthy within {START_TIMEOUT_S:.0f} s")
+    raise RuntimeError(f"classifier serve was not healthy within {timeout_s:.0f} s")
 
 
 def _summary(response: dict) -> str:

@@ -1,0 +1,447 @@
+"""The benchmark: this service side by side with native LiteRT, in one run, cases interleaved.
+
+    python -m bench            # the full run: a table on stdout, bench/out/results.json, bench/out/bench.png
+    python -m bench --smoke    # a few requests per case (CI): checks the benchmark works, measures nothing
+
+Cases, for each workload (model + image):
+  native         Pillow decode+resize (the service's own decode_rgb) + LiteRT invoke, in this process
+  guest          the in-process pipeline through the default wasm guest (Classifier.classify)
+  service        `classifier serve` on the embedded store, driven over gRPC OnInvoke as daprd does,
+                 sequential (c=1) and with 2, 4 and 8 concurrent clients
+  native threads one interpreter per core in threads: the throughput floor for the service
+  cold start     process start -> healthy -> first response, empty and warm compiled-module cache
+The wasm overhead per request (Store + instantiate + every host call, minus decode and invoke)
+comes from timings the host takes itself (GuestResult.elapsed_s, GuestCall.host_seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+
+from service.config import Settings
+from service.demo import invoke_request, start_serve, stop_serve, wait_healthy
+from service.imaging import decode_rgb
+from service.inference.litert import new_interpreter
+from service.pipeline import Classifier
+from service.registry import MODEL_DIR_IN_GUEST
+from service.stores.local import LocalStore
+from service.wasm.call import GuestCall
+from service.wasm.host import Preopen
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TOP_K = 5
+CONCURRENCY = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # the model's name in the store
+    model: Path
+    image: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} + {self.image.name}"
+
+
+WORKLOADS = (
+    Workload(
+        "aiy_birds_v1",
+        SHARED / "models" / "aiy_birds_v1" / "model.tflite",
+        SHARED / "images/classify/bird.jpg",
+    ),
+    Workload(
+        "mobilenet_v2_1.0_224_quant",
+        SHARED / "models" / "mobilenet_v2_1.0_224_quant" / "model.tflite",
+        SHARED / "images/classify/grace_hopper.jpg",
+    ),
+)
+
+
+class Native:
+    """The floor: what a Python service calling LiteRT directly would do per request."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.model = workload.model.read_bytes()
+        self.image = workload.image.read_bytes()
+        self.interpreter = new_interpreter(self.model, 1)
+        detail = self.interpreter.get_input_details()[0]
+        self.input_index = detail["index"]
+        self.height, self.width = int(detail["shape"][1]), int(detail["shape"][2])
+        out = self.interpreter.get_output_details()[0]
+        self.output_index = out["index"]
+        self.scale, self.zero_point = out["quantization"]
+
+    def fresh(self) -> Native:
+        """Another interpreter for another thread."""
+        return Native.__new__(Native)._copy_from(self)
+
+    def _copy_from(self, other: Native) -> Native:
+        self.__dict__.update(other.__dict__)
+        self.interpreter = new_interpreter(self.model, 1)
+        return self
+
+    def classify(self) -> list[tuple[int, float]]:
+        pixels = decode_rgb(self.image, self.width, self.height)
+        self.interpreter.set_tensor(self.input_index, pixels[None])
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self.output_index)[0]
+        scores = (raw.astype(np.float32) - self.zero_point) * self.scale if self.scale else raw
+        top = np.argpartition(scores, -TOP_K)[-TOP_K:]
+        return [(int(i), float(scores[i])) for i in top[np.argsort(scores[top])[::-1]]]
+
+
+class ServiceClient:
+    """`classifier serve` as a process, called as daprd calls it."""
+
+    def __init__(self, store: Path, cache: Path, workers: int | None = None) -> None:
+        env = {"CLASSIFIER_STORE": str(store), "CLASSIFIER_CACHE_DIR": str(cache)}
+        if workers:
+            env["CLASSIFIER_WORKERS"] = str(workers)
+        self.started = time.perf_counter()
+        self.server, port = start_serve(env, stderr=subprocess.DEVNULL)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.app = appcallback_pb2_grpc.AppCallbackStub(self.channel)
+
+    def wait_healthy(self) -> float:
+        wait_healthy(self.channel, self.server)
+        return time.perf_counter() - self.started
+
+    def invoke(self, image: bytes, model: str) -> dict:
+        response = self.app.OnInvoke(invoke_request(image, model, TOP_K), timeout=60)
+        return json.loads(response.data.value)
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def close(self) -> int:
+        self.channel.close()
+        return stop_serve(self.server)
+
+
+def timed(function: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def concurrent(function: Callable[[], object], clients: int, per_client: int) -> tuple[list[float], float]:
+    """`clients` threads calling `function` `per_client` times each: latencies, requests/s."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine = [timed(function) for _ in range(per_client)]
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, len(latencies) / (time.perf_counter() - started)
+
+
+def wasm_overhead(classifier: Classifier, workload: Workload, image: bytes) -> float:
+    """One run of the default guest, timed inside the host: all but decode and invoke."""
+    loaded = classifier.model(workload.name)
+    call = GuestCall(
+        limits=classifier.settings.limits,
+        named_graphs={loaded.name: loaded.graph},
+        graph_cache=classifier.graph_cache,
+    )
+    result = classifier.host.run(
+        classifier.business.guest,
+        [*loaded.guest_args, "--top-k", str(TOP_K)],
+        call=call,
+        stdin=image,
+        preopens=[Preopen(loaded.stored.directory, MODEL_DIR_IN_GUEST)],
+    )
+    assert result.exit_code == 0, result.stderr
+    return result.elapsed_s - sum(call.host_seconds.values())
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ms = np.array(samples) * 1000
+    return {
+        "n": len(samples),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def cold_start(
+    store: Path, cache: Path, workload: Workload, image: bytes, workers: int | None = None
+) -> dict:
+    service = ServiceClient(store, cache, workers)
+    try:
+        healthy = service.wait_healthy()
+        service.invoke(image, workload.name)
+        first = time.perf_counter() - service.started
+        for _ in range(20):
+            service.invoke(image, workload.name)
+        rss = service.rss_mib()
+    finally:
+        code = service.close()
+    return {"healthy_s": healthy, "first_response_s": first, "rss_mib": rss, "exit_code": code}
+
+
+def run(smoke: bool, rounds: int, per_round: int, out_dir: Path) -> dict:
+    if smoke:
+        rounds, per_round = 1, 3
+    work = Path(tempfile.mkdtemp(prefix="classifier-bench-"))
+    store_dir = work / "store"
+    store = LocalStore(store_dir)
+    for workload in WORKLOADS:
+        store.put(workload.name, workload.model.read_bytes())
+    classifier = Classifier(Settings(store_dir=store_dir, cache_dir=work / "cache"), store=store)
+    service = ServiceClient(store_dir, work / "cache")
+    service.wait_healthy()
+    results: dict = {
+        "workloads": {},
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+    }
+    try:
+        for workload in WORKLOADS:
+            results["workloads"][workload.label] = measure(workload, classifier, service, rounds, per_round)
+        results["service_rss_mib"] = service.rss_mib()
+    finally:
+        results["service_exit_code"] = service.close()
+        classifier.close()
+
+    birds = WORKLOADS[0]
+    image = birds.image.read_bytes()
+    starts: dict[str, list[dict]] = defaultdict(list)
+    for _ in range(1 if smoke else 3):
+        cache = Path(tempfile.mkdtemp(dir=work))
+        starts["empty cache"].append(cold_start(store_dir, cache, birds, image))
+        starts["warm cache"].append(cold_start(store_dir, cache, birds, image))
+        starts["warm cache, 1 worker"].append(cold_start(store_dir, cache, birds, image, workers=1))
+    results["cold_start"] = {
+        case: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        for case, runs in starts.items()
+    }
+    results["targets"] = targets(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out_dir / "bench.png")
+    return results
+
+
+def measure(
+    workload: Workload, classifier: Classifier, service: ServiceClient, rounds: int, per_round: int
+) -> dict:
+    image = workload.image.read_bytes()
+    native = Native(workload)
+    natives = [native.fresh() for _ in range(os.cpu_count() or 2)]
+
+    def by_guest() -> object:
+        return classifier.classify(image, workload.name, TOP_K)
+
+    def by_service() -> object:
+        return service.invoke(image, workload.name)
+
+    for _ in range(3):  # warm every path
+        native.classify(), by_guest(), by_service()
+    check_same_answer(native, classifier, service, workload, image)
+
+    latencies: dict[str, list[float]] = defaultdict(list)
+    throughput: dict[str, list[float]] = defaultdict(list)
+    overhead: list[float] = []
+    for _ in range(rounds):  # interleaved, so drifts in machine load hit every case alike
+        latencies["native"] += [timed(native.classify) for _ in range(per_round)]
+        latencies["guest"] += [timed(by_guest) for _ in range(per_round)]
+        sequential = [timed(by_service) for _ in range(per_round)]
+        latencies["service c=1"] += sequential
+        throughput["service c=1"].append(len(sequential) / sum(sequential))
+        overhead += [wasm_overhead(classifier, workload, image) for _ in range(per_round)]
+        lat, rate = concurrent_natives(natives, per_round)
+        latencies["native threads"] += lat
+        throughput["native threads"].append(rate)
+        for clients in CONCURRENCY:
+            lat, rate = concurrent(by_service, clients, per_round)
+            latencies[f"service c={clients}"] += lat
+            throughput[f"service c={clients}"].append(rate)
+    return summarise(latencies, throughput, overhead)
+
+
+def concurrent_natives(natives: list[Native], per_round: int) -> tuple[list[float], float]:
+    """One thread per interpreter, each with its own."""
+    pool = iter(natives)
+    local = threading.local()
+
+    def classify() -> object:
+        if not hasattr(local, "native"):
+            local.native = next(pool)
+        return local.native.classify()
+
+    return concurrent(classify, len(natives), per_round)
+
+
+def check_same_answer(
+    native: Native, classifier: Classifier, service: ServiceClient, workload: Workload, image: bytes
+):
+    """Every case must do the same work: the same top-1."""
+    top1 = native.classify()[0][0]
+    assert classifier.classify(image, workload.name, TOP_K)["predictions"][0]["index"] == top1
+    assert service.invoke(image, workload.name)["predictions"][0]["index"] == top1
+
+
+def summarise(
+    latencies: dict[str, list[float]], throughput: dict[str, list[float]], overhead: list[float]
+) -> dict:
+    cases = {name: percentiles(samples) for name, samples in latencies.items()}
+    native_p50 = cases["native"]["p50_ms"]
+    for name, case in cases.items():
+        case["ratio_p50_to_native"] = case["p50_ms"] / native_p50
+        if name in throughput:
+            case["requests_per_s"] = statistics.median(throughput[name])
+    return {
+        "cases": cases,
+        "wasm_overhead_ms": {
+            "p50": float(np.percentile(overhead, 50) * 1000),
+            "p90": float(np.percentile(overhead, 90) * 1000),
+        },
+        "samples_ms": {name: [round(s * 1000, 3) for s in samples] for name, samples in latencies.items()},
+    }
+
+
+def targets(results: dict) -> list[dict]:
+    rows = []
+    for label, workload in results["workloads"].items():
+        cases = workload["cases"]
+        best = max(cases[f"service c={c}"]["requests_per_s"] for c in (1, *CONCURRENCY))
+        rows += [
+            target(
+                label,
+                "service p50 (c=1) / native p50",
+                cases["service c=1"]["ratio_p50_to_native"],
+                "<=",
+                1.15,
+            ),
+            target(
+                label,
+                "best service throughput / native threads",
+                best / cases["native threads"]["requests_per_s"],
+                ">=",
+                0.9,
+            ),
+            target(
+                label, "wasm overhead per request, p50 (ms)", workload["wasm_overhead_ms"]["p50"], "<=", 0.3
+            ),
+        ]
+    warm = results["cold_start"]["warm cache"]["first_response_s"]
+    rows.append(target("aiy_birds_v1", "cold start to first response, warm cache (s)", warm, "<=", 1.0))
+    return rows
+
+
+def target(workload: str, what: str, value: float, op: str, limit: float) -> dict:
+    met = value <= limit if op == "<=" else value >= limit
+    return {
+        "workload": workload,
+        "target": what,
+        "value": round(value, 3),
+        "limit": f"{op} {limit}",
+        "met": met,
+    }
+
+
+def print_table(results: dict) -> None:
+    for label, workload in results["workloads"].items():
+        print(f"\n{label}")
+        print(f"  {'case':<16}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'req/s':>9}{'x native p50':>14}")
+        for name, case in workload["cases"].items():
+            rate = f"{case['requests_per_s']:9.1f}" if "requests_per_s" in case else " " * 9
+            print(
+                f"  {name:<16}{case['p50_ms']:9.2f}{case['p90_ms']:9.2f}{case['p99_ms']:9.2f}{rate}"
+                f"{case['ratio_p50_to_native']:14.3f}"
+            )
+        overhead = workload["wasm_overhead_ms"]
+        print(
+            "  wasm overhead per request (host timings): "
+            f"p50 {overhead['p50']:.3f} ms, p90 {overhead['p90']:.3f} ms"
+        )
+    print("\ncold start (aiy_birds_v1; medians)")
+    for case, values in results["cold_start"].items():
+        print(
+            f"  {case:<22} healthy {values['healthy_s']:.2f} s, "
+            f"first response {values['first_response_s']:.2f} s, RSS {values['rss_mib']:.0f} MiB"
+        )
+    print("\ntargets")
+    for row in results["targets"]:
+        mark = "met" if row["met"] else "NOT met"
+        print(f"  {row['workload'][:26]:<28}{row['target']:<46}{row['value']:>9} {row['limit']:<8} {mark}")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = results["workloads"]
+    figure, axes = plt.subplots(2, len(workloads), figsize=(7 * len(workloads), 9), squeeze=False)
+    for column, (label, workload) in enumerate(workloads.items()):
+        samples = workload["samples_ms"]
+        names = list(samples)
+        axis = axes[0][column]
+        axis.boxplot([samples[n] for n in names], showfliers=False)
+        axis.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
+        axis.set_ylabel("latency (ms)")
+        axis.set_title(label)
+        axis = axes[1][column]
+        cases = workload["cases"]
+        levels = [1, *CONCURRENCY]
+        axis.plot(
+            levels, [cases[f"service c={c}"]["requests_per_s"] for c in levels], marker="o", label="service"
+        )
+        axis.axhline(
+            cases["native threads"]["requests_per_s"], color="grey", linestyle="--", label="native threads"
+        )
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel("requests/s")
+        axis.set_xticks(levels)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few requests per case: check it works (CI)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    parser.add_argument("--per-round", type=int, default=20, help="requests per case per round (default 20)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
+    results = run(args.smoke, args.rounds, args.per_round, args.out)
+    results["machine"]["load_average_at_start"] = load
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nload average at start {load:.2f}; results in {args.out}/results.json and {args.out}/bench.png")
+    return 0

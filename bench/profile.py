@@ -1,0 +1,183 @@
+"""Where the wasm overhead of a request goes: the profile behind docs/performance.md.
+
+    python -m bench.profile            # a table on stdout and bench/out/profile.json
+    python -m bench.profile --smoke    # a few runs each (CI): checks it works, measures nothing
+
+Three parts, all timed by the host in one process, cases interleaved:
+  floor       a guest that does nothing: the fixed cost of a fresh Store per request,
+              and its phases through the wasmtime API
+  operations  what one operation adds to a run of the probe guest bench/guests/costs.c
+              (a run with it minus a run without it): reading stdin, a file, a stdout
+              write, fresh memory, a host call
+  default     the default guest on aiy_birds_v1 + bird.jpg: its overhead (the run minus
+              decode and invoke), with and without a labels file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import wasmtime
+
+from service.config import Settings
+from service.pipeline import Classifier
+from service.registry import MODEL_DIR_IN_GUEST
+from service.stores.local import LocalStore
+from service.wasm.call import GuestCall
+from service.wasm.host import Guest, Preopen
+
+from .run import ROOT, WORKLOADS
+
+sys.path.insert(0, str(ROOT / "wasm"))
+from build import compile_guest
+
+HOST_CALLS = 100  # per run of the host-call case
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def interleaved(cases: dict[str, Callable[[], float]], runs: int) -> dict[str, float]:
+    """Median of each case over `runs` rounds, one run of every case per round, after a warm-up."""
+    for case in cases.values():
+        case()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, case in cases.items():
+            samples[name].append(case())
+    return {name: median_ms(values) for name, values in samples.items()}
+
+
+def floor_phases(classifier: Classifier, guest: Guest, runs: int) -> dict[str, float]:
+    """The phases of a run that does nothing, through the wasmtime API (what host.run does)."""
+    phases: dict[str, list[float]] = {
+        name: [] for name in ("Store", "WasiConfig", "instantiate", "_start", "drop")
+    }
+    for _ in range(runs + 1):
+        t0 = time.perf_counter()
+        store = wasmtime.Store(classifier.host.engine)
+        store.set_epoch_deadline(1000)
+        t1 = time.perf_counter()
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = ["costs"]
+        wasi.stdout_custom = len
+        wasi.stderr_custom = len
+        store.set_wasi(wasi)
+        t2 = time.perf_counter()
+        instance = guest.pre.instantiate(store)
+        start = instance.exports(store)["_start"]
+        t3 = time.perf_counter()
+        start(store)
+        t4 = time.perf_counter()
+        del start, instance, store
+        t5 = time.perf_counter()
+        for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            phases[name].append(seconds)
+    return {name: median_ms(values[1:]) for name, values in phases.items()}
+
+
+def profile(smoke: bool, out_dir: Path) -> dict:
+    runs = 3 if smoke else 200
+    work = Path(tempfile.mkdtemp(prefix="classifier-profile-"))
+    birds = WORKLOADS[0]
+    store = LocalStore(work / "store")
+    labels = (birds.model.parent / "labels.txt").read_text().splitlines()
+    store.put(birds.name, birds.model.read_bytes(), labels=labels)
+    classifier = Classifier(Settings(store_dir=work / "store", cache_dir=work / "cache"), store=store)
+    image = birds.image.read_bytes()
+    loaded = classifier.model(birds.name)
+    model_dir = Preopen(loaded.stored.directory, MODEL_DIR_IN_GUEST)
+    costs = classifier.host.load_guest_file(compile_guest(ROOT / "bench/guests/costs.c", work / "costs.wasm"))
+
+    def probe(*ops: str) -> Callable[[], float]:
+        def run() -> float:
+            call = GuestCall(limits=classifier.settings.limits)
+            result = classifier.host.run(costs, list(ops), call=call, stdin=image, preopens=[model_dir])
+            assert result.exit_code == 0, result.stderr
+            return result.elapsed_s
+
+        return run
+
+    def default_guest(with_labels: bool) -> Callable[[], float]:
+        args = list(loaded.guest_args)
+        if not with_labels:
+            at = args.index("--labels")
+            del args[at : at + 2]
+
+        def run() -> float:
+            call = GuestCall(
+                limits=classifier.settings.limits,
+                named_graphs={loaded.name: loaded.graph},
+                graph_cache=classifier.graph_cache,
+            )
+            result = classifier.host.run(
+                classifier.guest, [*args, "--top-k", "5"], call=call, stdin=image, preopens=[model_dir]
+            )
+            assert result.exit_code == 0, result.stderr
+            return result.elapsed_s - sum(call.host_seconds.values())
+
+        return run
+
+    try:
+        operations = interleaved(
+            {
+                "nothing": probe(),
+                "read stdin (fread, one 1 MiB buffer)": probe("stdin"),
+                "read stdin (64 KiB buffer grown by realloc)": probe("stdin-realloc"),
+                "read stdin (64 KiB buffer grown by malloc+memcpy)": probe("stdin-copy"),
+                "read the labels file (fopen, fread, fclose)": probe(f"file:{MODEL_DIR_IN_GUEST}/labels.txt"),
+                "one stdout write (captured)": probe("write"),
+                "touch 8 MiB of fresh memory": probe("touch:8"),
+                f"{HOST_CALLS} host calls (wasi-nn, failing at once)": probe(f"hostcall:{HOST_CALLS}"),
+            },
+            runs,
+        )
+        default = interleaved(
+            {"default guest, with labels": default_guest(True), "without labels": default_guest(False)}, runs
+        )
+        results = {
+            "image_bytes": len(image),
+            "floor_ms": operations["nothing"],
+            "floor_phases_ms": floor_phases(classifier, costs, runs),
+            "operation_ms": {
+                name: value - operations["nothing"] for name, value in operations.items() if name != "nothing"
+            },
+            "default_guest_overhead_ms": default,
+        }
+    finally:
+        classifier.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "profile.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def print_profile(results: dict) -> None:
+    print(f"a run that does nothing (Store, WASI, instantiate, _start, drop): {results['floor_ms']:.3f} ms")
+    print("  " + ", ".join(f"{name} {ms:.3f}" for name, ms in results["floor_phases_ms"].items()))
+    print(f"\nwhat one operation adds to a run (stdin: {results['image_bytes']} bytes)")
+    for name, ms in results["operation_ms"].items():
+        print(f"  {name:52s} {ms:7.3f} ms")
+    print("\nthe default guest's overhead (run minus decode and invoke), aiy_birds_v1 + bird.jpg")
+    for name, ms in results["default_guest_overhead_ms"].items():
+        print(f"  {name:52s} {ms:7.3f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few runs each: check it works (CI)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = parser.parse_args(argv)
+    print_profile(profile(args.smoke, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,7 +3,7 @@
     python -m bench.profile            # a table on stdout and bench/out/profile.json
     python -m bench.profile --smoke    # a few runs each (CI): checks it works, measures nothing
 
-Three parts, all timed by the host in one process, cases interleaved:
+Four parts, cases interleaved:
   floor       a guest that does nothing: the fixed cost of a fresh Store per request,
               and its phases through the wasmtime API
   operations  what one operation adds to a run of the probe guest bench/guests/costs.c
@@ -11,6 +11,9 @@ Three parts, all timed by the host in one process, cases interleaved:
               write, fresh memory, a host call
   default     the default guest on aiy_birds_v1 + bird.jpg: its overhead (the run minus
               decode and invoke), with and without a labels file
+  grpc        the floor under the service case: OnInvoke on an AppCallback server whose
+              handler does nothing (grpcio, another process, as in `python -m bench`),
+              with an empty body and with the image as the body
 """
 
 from __future__ import annotations
@@ -18,22 +21,27 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import wasmtime
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 
 from service.config import Settings
+from service.demo import invoke_request
 from service.pipeline import Classifier
 from service.registry import MODEL_DIR_IN_GUEST
 from service.stores.local import LocalStore
 from service.wasm.call import GuestCall
 from service.wasm.host import Guest, Preopen
 
-from .run import ROOT, WORKLOADS
+from .run import ROOT, TOP_K, WORKLOADS, timed
 
 sys.path.insert(0, str(ROOT / "wasm"))
 from build import compile_guest
@@ -68,8 +76,6 @@ def floor_phases(classifier: Classifier, guest: Guest, runs: int) -> dict[str, f
         t1 = time.perf_counter()
         wasi = wasmtime.WasiConfig()
         wasi.argv = ["costs"]
-        wasi.stdout_custom = len
-        wasi.stderr_custom = len
         store.set_wasi(wasi)
         t2 = time.perf_counter()
         instance = guest.pre.instantiate(store)
@@ -82,6 +88,50 @@ def floor_phases(classifier: Classifier, guest: Guest, runs: int) -> dict[str, f
         for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
             phases[name].append(seconds)
     return {name: median_ms(values[1:]) for name, values in phases.items()}
+
+
+class EmptyApp(appcallback_pb2_grpc.AppCallbackServicer):
+    def OnInvoke(self, request: common_pb2.InvokeRequest, context: grpc.ServicerContext) -> object:
+        return common_pb2.InvokeResponse()
+
+
+def serve_empty_app() -> None:
+    """The server side of the gRPC floor: prints its port, serves until killed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=2), options=[("grpc.max_receive_message_length", 32 << 20)]
+    )
+    appcallback_pb2_grpc.add_AppCallbackServicer_to_server(EmptyApp(), server)
+    print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+    server.start()
+    server.wait_for_termination()
+
+
+def grpc_floor(image: bytes, model: str, runs: int) -> dict[str, float]:
+    """OnInvoke round trips to a handler that does nothing, in another process."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.profile", "--empty-app"], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            app = appcallback_pb2_grpc.AppCallbackStub(channel)
+            empty = common_pb2.InvokeRequest(method="classify")
+            with_image = invoke_request(image, model, TOP_K)
+            return interleaved(
+                {
+                    "OnInvoke, empty body": lambda: timed(lambda: app.OnInvoke(empty, timeout=10)),
+                    f"OnInvoke, the image as body ({len(image)} bytes)": lambda: timed(
+                        lambda: app.OnInvoke(with_image, timeout=10)
+                    ),
+                },
+                runs,
+            )
+    finally:
+        server.kill()
+        server.wait()
 
 
 def profile(smoke: bool, out_dir: Path) -> dict:
@@ -151,6 +201,7 @@ def profile(smoke: bool, out_dir: Path) -> dict:
                 name: value - operations["nothing"] for name, value in operations.items() if name != "nothing"
             },
             "default_guest_overhead_ms": default,
+            "grpc_floor_ms": grpc_floor(image, birds.name, runs),
         }
     finally:
         classifier.close()
@@ -168,13 +219,20 @@ def print_profile(results: dict) -> None:
     print("\nthe default guest's overhead (run minus decode and invoke), aiy_birds_v1 + bird.jpg")
     for name, ms in results["default_guest_overhead_ms"].items():
         print(f"  {name:52s} {ms:7.3f} ms")
+    print("\nthe gRPC floor: an AppCallback server that does nothing, in another process")
+    for name, ms in results["grpc_floor_ms"].items():
+        print(f"  {name:52s} {ms:7.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few runs each: check it works (CI)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--empty-app", action="store_true", help=argparse.SUPPRESS)  # grpc_floor's server
     args = parser.parse_args(argv)
+    if args.empty_app:
+        serve_empty_app()
+        return 0
     print_profile(profile(args.smoke, args.out))
     return 0
 

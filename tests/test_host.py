@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import run_guest
+from conftest import ROOT, run_guest
 
 from service.wasm.call import GuestLimits
 from service.wasm.host import Preopen, WasmHost
@@ -146,3 +148,34 @@ def test_invalid_wasm_and_unknown_imports_are_clear_errors(host, tmp_path: Path)
     wasm = wasmtime.wat2wasm('(module (import "nowhere" "f" (func)) (func (export "_start")))')
     with pytest.raises(ClassifierError, match="cannot be linked"):
         host.load_guest(wasm)
+
+
+EXIT_SCRIPT = """
+import sys
+from pathlib import Path
+from service.wasm.call import GuestCall
+from service.wasm.host import WasmHost
+host = WasmHost(None)
+guest = host.load_guest_file(Path(sys.argv[1]))
+for _ in range(100):
+    result = host.run(guest, ["stderr", "x"], call=GuestCall())
+    assert result.stderr == b"x\\n", result
+print("done")
+"""
+
+
+def test_a_process_that_ran_guests_exits_cleanly(test_guests):
+    # Captured output used to be released from a wasmtime thread taking the GIL after the
+    # run; while Python was exiting, that aborted the process (SIGABRT) in 1 exit in 5.
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", EXIT_SCRIPT, str(test_guests["probe"])],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(6)
+    ]
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=120)
+        assert (process.returncode, stdout) == (0, b"done\n"), stderr.decode()[-2000:]

@@ -12,7 +12,9 @@ survives from one run to the next.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -86,6 +88,36 @@ class _CappedOutput:
 
     def value(self) -> bytes:
         return b"".join(self.chunks)
+
+
+# Captured stdout/stderr, bound to WASI through wasmtime's C API directly. wasmtime-py's
+# `stdout_custom` registers a finalizer that takes the GIL from whichever tokio thread
+# drops the stream last, often after the run and sometimes while Python is exiting: the
+# interpreter then ends that thread with pthread_exit, which cannot unwind through Rust,
+# and the process aborts. So: no finalizer; the sink is looked up by key for each write
+# (a write finishes before the guest's fd_write returns) and forgotten when the run ends.
+_OutputCallback, _, _Finalizer = _bindings._wasi_config_set_stdout_custom.argtypes[1:]
+_NO_FINALIZER = _Finalizer()  # a NULL function pointer
+_sinks: dict[int, _CappedOutput] = {}
+_sink_keys = itertools.count(1)
+
+
+@_OutputCallback
+def _write_to_sink(key: int | None, data: ctypes._Pointer, size: int) -> int:
+    try:
+        sink = _sinks.get(key or 0)
+        return sink(ctypes.string_at(data, size)) if sink is not None else -errno.EIO
+    except BaseException:  # nothing may unwind into wasmtime
+        return -errno.EIO
+
+
+def _capture(wasi: wasmtime.WasiConfig, stream: str, sink: _CappedOutput) -> int:
+    """Send the guest's `stream` ("stdout" or "stderr") to `sink`; the key to forget."""
+    key = next(_sink_keys)
+    _sinks[key] = sink
+    setter = getattr(_bindings, f"wasi_config_set_{stream}_custom")
+    setter(wasi.ptr(), _write_to_sink, ctypes.c_void_p(key), _NO_FINALIZER)
+    return key
 
 
 def _set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
@@ -211,8 +243,11 @@ class WasmHost:
         wasi = wasmtime.WasiConfig()
         wasi.argv = [guest.name, *args]
         wasi.env = list(env)
+        for preopen in preopens:
+            wasi.preopen_dir(str(preopen.host_path), preopen.guest_path, preopen.writable)
         stdout = _CappedOutput(call.limits.output_bytes)
         stderr = _CappedOutput(call.limits.output_bytes)
+        sink_keys: list[int] = []
         if inherit_stdio:
             wasi.inherit_stdin()
             wasi.inherit_stdout()
@@ -220,12 +255,8 @@ class WasmHost:
             call.stderr = _write_process_stderr
         else:
             _set_stdin_bytes(wasi, stdin)
-            wasi.stdout_custom = stdout
-            wasi.stderr_custom = stderr
+            sink_keys = [_capture(wasi, "stdout", stdout), _capture(wasi, "stderr", stderr)]
             call.stderr = stderr
-        for preopen in preopens:
-            wasi.preopen_dir(str(preopen.host_path), preopen.guest_path, preopen.writable)
-        store.set_wasi(wasi)
 
         exit_code: int | None = None
         trap: str | None = None
@@ -233,6 +264,7 @@ class WasmHost:
         instance: wasmtime.Instance | None = None
         with running(call):
             try:
+                store.set_wasi(wasi)
                 instance = guest.pre.instantiate(store)
                 start = instance.exports(store).get("_start")
                 if not isinstance(start, wasmtime.Func):
@@ -248,6 +280,9 @@ class WasmHost:
                 deadline_exceeded = exc.trap_code == wasmtime.TrapCode.INTERRUPT
             except wasmtime.WasmtimeError as exc:  # e.g. instantiation over the memory limit
                 trap = _first_line(exc)
+            finally:
+                for key in sink_keys:
+                    del _sinks[key]
         return GuestResult(
             exit_code=exit_code,
             stdout=stdout.value(),

@@ -247,6 +247,19 @@ def test_a_long_sleep_ends_at_the_deadline(host: WasmHost, test_guests: dict[str
     assert result.elapsed_s < 30  # not the hour it asked for
 
 
+def test_a_sleep_past_the_deadline_traps_without_waiting_for_the_epoch_ticker(
+    tmp_path: Path, test_guests: dict[str, Path]
+) -> None:
+    # On a loaded CI machine the ticker thread woke too late and the guest ran on to exit 0.
+    # With the ticker stopped, only the sleep itself can end the run.
+    stalled = WasmHost(tmp_path / "module-cache")
+    stalled.close()  # stops the ticker; the host still runs guests
+    result = run_guest(
+        stalled, test_guests["hostile"], stdin=hostile_body("sleep 3600"), limits=GuestLimits(timeout_s=0.2)
+    )
+    assert result.deadline_exceeded and result.exit_code is None and result.stdout == b""
+
+
 # -- the sandbox --------------------------------------------------------------------------------
 
 

@@ -141,8 +141,15 @@ class _EpochTicker:
         self._thread.start()
 
     def _run(self) -> None:
+        # Count ticks from the clock, not from wake-ups: on a loaded machine this thread
+        # wakes late, and one increment per wake-up would stretch every deadline.
+        started = time.monotonic()
+        ticks = 0
         while not self._stop.wait(self._tick_s):
-            self._engine.increment_epoch()
+            due = int((time.monotonic() - started) / self._tick_s)
+            while ticks < due:
+                self._engine.increment_epoch()
+                ticks += 1
 
     def stop(self) -> None:
         self._stop.set()

@@ -3,9 +3,11 @@
 wasmtime's own `poll_oneoff` blocks the thread for as long as the guest asks (`sleep(3600)`
 holds a worker for an hour) and the epoch deadline cannot interrupt host code. This one
 replaces it in the Linker: a clock subscription sleeps at most until the run's deadline,
-after which the run is marked past its deadline and the epoch interrupt traps the guest
-as soon as it runs wasm again. Stdin is bytes in memory and files are local, so fd
-subscriptions are reported ready at once (with `nbytes` 0).
+after which the run is marked past its deadline and its epoch deadline is moved to now,
+so the guest traps as soon as it runs wasm again (waiting for the epoch ticker instead
+lost the race on a loaded machine: the guest returned and ran to completion). Stdin is
+bytes in memory and files are local, so fd subscriptions are reported ready at once
+(with `nbytes` 0).
 
 Layouts (witx, wasi_snapshot_preview1): subscription 48 bytes (userdata u64 @0, tag u8
 @8, clock: id u32 @16, timeout u64 @24, precision u64 @32, flags u16 @40; fd: fd u32 @16);
@@ -18,6 +20,7 @@ import struct
 import time
 
 import wasmtime
+from wasmtime import _bindings
 
 from . import call as guest_call
 from .memory import GuestMemory, GuestMemoryError, MissingMemory
@@ -34,8 +37,6 @@ ERRNO_INVAL = 28
 TAG_CLOCK, TAG_FD_READ, TAG_FD_WRITE = 0, 1, 2
 CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 ABSTIME = 1
-# Past the deadline by this much, the epoch deadline (a tick or two later) has passed too.
-OVERSLEEP_S = 0.03
 
 
 class _Invalid(Exception):
@@ -85,10 +86,9 @@ def poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, 
             wait = max(min(seconds for _, seconds in clocks), 0.0)
             time_left = call.deadline - time.monotonic()
             if wait >= time_left:
-                # Sleep past the deadline (and the epoch deadline, a tick later), then let the
-                # epoch interrupt end the run once it is back in wasm.
-                time.sleep(max(time_left, 0.0) + OVERSLEEP_S)
+                time.sleep(max(time_left, 0.0))
                 call.past_deadline()
+                _interrupt_on_return(caller)
             else:
                 time.sleep(wait)
             fired = [(userdata, TAG_CLOCK) for userdata, seconds in clocks if seconds <= wait]
@@ -109,6 +109,12 @@ def poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, 
     except _Invalid as exc:
         call.note(f"poll_oneoff: {exc}")
         return ERRNO_INVAL
+
+
+def _interrupt_on_return(caller: wasmtime.Caller) -> None:
+    """Trap at the guest's next epoch check (its next call or loop back-edge)."""
+    # wasmtime-py exposes set_epoch_deadline on Store only; a Caller carries the same context.
+    _bindings.wasmtime_context_set_epoch_deadline(caller._context(), 0)
 
 
 def define(linker: wasmtime.Linker) -> None:

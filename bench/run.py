@@ -116,12 +116,12 @@ class ServiceClient:
         if workers:
             env["CLASSIFIER_WORKERS"] = str(workers)
         self.started = time.perf_counter()
-        self.server, port = start_serve(env, stderr=subprocess.DEVNULL)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.server, self.port = start_serve(env, stderr=subprocess.DEVNULL)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.app = appcallback_pb2_grpc.AppCallbackStub(self.channel)
 
     def wait_healthy(self) -> float:
-        wait_healthy(self.channel, self.server)
+        wait_healthy(self.channel, self.server, self.port)
         return time.perf_counter() - self.started
 
     def invoke(self, image: bytes, model: str) -> dict:

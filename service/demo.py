@@ -77,7 +77,7 @@ def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> 
     server_failed = False
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait_healthy(channel, server)
+            wait_healthy(channel, server, port)
             print("healthy; classifying through OnInvoke, as daprd would")
             app = appcallback_pb2_grpc.AppCallbackStub(channel)
             for image in images:
@@ -99,9 +99,19 @@ def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> 
     return 1 if failed or server_failed or code != 0 else 0
 
 
-def wait_healthy(channel: grpc.Channel, server: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
-    """As daprd does: list the subscriptions, then poll the health check until it passes."""
+def wait_healthy(
+    channel: grpc.Channel, server: subprocess.Popen, port: int, timeout_s: float = START_TIMEOUT_S
+) -> None:
+    """As daprd does: wait until the app port accepts a TCP connection, list the
+    subscriptions, then poll the health check until it passes."""
     deadline = time.monotonic() + timeout_s
+    # Connecting first keeps the gRPC channel out of its reconnect backoff (~1 s after a
+    # refused connection), which would otherwise be timed as start-up.
+    while not _accepts_connections(port):
+        _check_running(server)
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"classifier serve did not listen on port {port} within {timeout_s:g} s")
+        time.sleep(0.02)
     health = channel.unary_unary(
         "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck",
         request_serializer=empty_pb2.Empty.SerializeToString,
@@ -110,8 +120,7 @@ def wait_healthy(channel: grpc.Channel, server: subprocess.Popen, timeout_s: flo
     app = appcallback_pb2_grpc.AppCallbackStub(channel)
     listed = False
     while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"classifier serve exited with code {server.returncode} during start-up")
+        _check_running(server)
         try:
             if not listed:
                 app.ListTopicSubscriptions(empty_pb2.Empty(), timeout=1)
@@ -120,7 +129,18 @@ def wait_healthy(channel: grpc.Channel, server: subprocess.Popen, timeout_s: flo
             return
         except grpc.RpcError:
             time.sleep(0.02)  # fine-grained: the benchmark times start-up with it
-    raise RuntimeError(f"classifier serve was not healthy within {timeout_s:.0f} s")
+    raise RuntimeError(f"classifier serve was not healthy within {timeout_s:g} s")
+
+
+def _accepts_connections(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _check_running(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        raise RuntimeError(f"classifier serve exited with code {server.returncode} during start-up")
 
 
 def _summary(response: dict) -> str:

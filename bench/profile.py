@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -41,7 +42,7 @@ from service.stores.local import LocalStore
 from service.wasm.call import GuestCall
 from service.wasm.host import Guest, Preopen
 
-from .run import ROOT, TOP_K, WORKLOADS, timed
+from .run import ROOT, TOP_K, WORKLOADS, timed, wasm_overhead
 
 sys.path.insert(0, str(ROOT / "wasm"))
 from build import compile_guest
@@ -97,8 +98,6 @@ class EmptyApp(appcallback_pb2_grpc.AppCallbackServicer):
 
 def serve_empty_app() -> None:
     """The server side of the gRPC floor: prints its port, serves until killed."""
-    from concurrent.futures import ThreadPoolExecutor
-
     server = grpc.server(
         ThreadPoolExecutor(max_workers=2), options=[("grpc.max_receive_message_length", 32 << 20)]
     )
@@ -156,26 +155,6 @@ def profile(smoke: bool, out_dir: Path) -> dict:
 
         return run
 
-    def default_guest(with_labels: bool) -> Callable[[], float]:
-        args = list(loaded.guest_args)
-        if not with_labels:
-            at = args.index("--labels")
-            del args[at : at + 2]
-
-        def run() -> float:
-            call = GuestCall(
-                limits=classifier.settings.limits,
-                named_graphs={loaded.name: loaded.graph},
-                graph_cache=classifier.graph_cache,
-            )
-            result = classifier.host.run(
-                classifier.guest, [*args, "--top-k", "5"], call=call, stdin=image, preopens=[model_dir]
-            )
-            assert result.exit_code == 0, result.stderr
-            return result.elapsed_s - sum(call.host_seconds.values())
-
-        return run
-
     try:
         operations = interleaved(
             {
@@ -191,7 +170,11 @@ def profile(smoke: bool, out_dir: Path) -> dict:
             runs,
         )
         default = interleaved(
-            {"default guest, with labels": default_guest(True), "without labels": default_guest(False)}, runs
+            {
+                "default guest, with labels": lambda: wasm_overhead(classifier, birds, image),
+                "without labels": lambda: wasm_overhead(classifier, birds, image, labels=False),
+            },
+            runs,
         )
         results = {
             "image_bytes": len(image),

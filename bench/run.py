@@ -164,17 +164,22 @@ def concurrent(function: Callable[[], object], clients: int, per_client: int) ->
     return latencies, len(latencies) / (time.perf_counter() - started)
 
 
-def wasm_overhead(classifier: Classifier, workload: Workload, image: bytes) -> float:
-    """One run of the default guest, timed inside the host: all but decode and invoke."""
+def wasm_overhead(classifier: Classifier, workload: Workload, image: bytes, *, labels: bool = True) -> float:
+    """One run of the default guest, timed inside the host: all but decode and invoke
+    (`labels=False`: without the labels file, to see what reading it costs)."""
     loaded = classifier.model(workload.name)
+    args = [*loaded.guest_args, "--top-k", str(TOP_K)]
+    if not labels:
+        at = args.index("--labels")
+        del args[at : at + 2]
     call = GuestCall(
         limits=classifier.settings.limits,
         named_graphs={loaded.name: loaded.graph},
         graph_cache=classifier.graph_cache,
     )
     result = classifier.host.run(
-        classifier.business.guest,
-        [*loaded.guest_args, "--top-k", str(TOP_K)],
+        classifier.guest,
+        args,
         call=call,
         stdin=image,
         preopens=[Preopen(loaded.stored.directory, MODEL_DIR_IN_GUEST)],

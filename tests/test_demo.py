@@ -9,11 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import IMAGES, MODELS, SHARED
+from conftest import IMAGES, MODELS, ROOT, SHARED
 
 from service.demo import free_port, wait_healthy
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def classifier(*args: str, store: Path) -> subprocess.CompletedProcess[str]:

@@ -77,3 +77,18 @@ def classifier(model_store: LocalStore) -> Classifier:
     instance = Classifier(Settings(store_dir=model_store.root), store=model_store)
     yield instance
     instance.close()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build daprd and the CLI (and install redis-server) before the first real-Dapr test, once.
+
+    A warm cache makes this a no-op; a cold one builds from the Go module proxy (a few minutes).
+    """
+    if any(item.get_closest_marker("dapr") for item in session.items):
+        sys.path.insert(0, str(ROOT))
+        from tools.dapr import InstallError, install
+
+        try:
+            install()
+        except InstallError as exc:
+            pytest.exit(f"the real Dapr runtime could not be installed: {exc}", returncode=3)

@@ -45,8 +45,10 @@ from dapr.proto.runtime.v1 import (
     pubsub_pb2,
     state_pb2,
 )
-from google.protobuf import any_pb2, empty_pb2, struct_pb2
+from google.protobuf import any_pb2, empty_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 LOOPBACK = "127.0.0.1"
 DAPR_SERVICE = dapr_pb2.DESCRIPTOR.services_by_name["Dapr"]
@@ -83,14 +85,56 @@ class Published:
     event_id: str
 
 
+# daprd's HTTPStatusFromCode (pkg/messaging/v1/util.go:312): the HTTP code an HTTP caller gets
+# for the app's gRPC status; anything not listed is 500.
+HTTP_STATUS_OF = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 408,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+
+
 @dataclass(frozen=True)
 class InvokeResult:
     code: grpc.StatusCode
     data: bytes
     content_type: str
-    details: str
+    details: str  # the status message
     # Set when the app answered with a packed protobuf message (data is then Any.value).
     type_url: str = ""
+    # The status details (grpc-status-details-bin) of an error, as daprd passes them on.
+    status_details: tuple[any_pb2.Any, ...] = ()
+
+    def error_info(self) -> dict[str, Any] | None:
+        """The google.rpc.ErrorInfo in the status details, as a dict (reason, domain, metadata)."""
+        for detail in self.status_details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return {"reason": info.reason, "domain": info.domain, "metadata": dict(info.metadata)}
+        return None
+
+    def http_status(self) -> int:
+        """What daprd's HTTP API answers an invoke caller with for this status."""
+        return HTTP_STATUS_OF.get(self.code, 500)
+
+    def http_body(self) -> dict[str, Any]:
+        """daprd's HTTP error body for a failed call: the status as protojson
+        (pkg/api/http/directmessaging.go:196-212), details with their `@type`."""
+        body: dict[str, Any] = {"code": self.code.value[0], "message": self.details}
+        if self.status_details:
+            body["details"] = [json_format.MessageToDict(d) for d in self.status_details]
+        return body
 
 
 @dataclass(frozen=True)
@@ -158,6 +202,8 @@ class _StoredItem:
     value: bytes
     # Per-key version like the Redis state store: 1 on insert, +1 on every write.
     version: int
+    # Redis's `first-write` hash field: set by a first-write save, kept by later writes.
+    first_write: bool = False
 
 
 class _ApiError(Exception):
@@ -272,7 +318,8 @@ def _event_for_app(
     content_type = str(cloudevent.get("datacontenttype", ""))
     data = b""
     if cloudevent.get("data_base64") is not None:
-        data = base64.b64decode(cloudevent["data_base64"])
+        # Go's base64.StdEncoding: strict (Python's default silently skips bad characters).
+        data = base64.b64decode(cloudevent["data_base64"], validate=True)
     elif cloudevent.get("data") is not None:
         value = cloudevent["data"]
         if _is_string(content_type) and isinstance(value, str):
@@ -636,25 +683,31 @@ class FakeDaprd:
         return self._stores.setdefault(store, {})
 
     @staticmethod
-    def _write(items: dict[str, _StoredItem], stored_key: str, value: bytes) -> None:
+    def _write(
+        items: dict[str, _StoredItem], stored_key: str, value: bytes, first_write: bool = False
+    ) -> None:
         current = items.get(stored_key)
-        items[stored_key] = _StoredItem(value, 1 if current is None else current.version + 1)
+        if current is None:
+            items[stored_key] = _StoredItem(value, 1, first_write)
+        else:
+            items[stored_key] = _StoredItem(value, current.version + 1, first_write or current.first_write)
 
     @staticmethod
     def _check_etag(
         items: dict[str, _StoredItem], stored_key: str, etag: str | None, first_write: bool
     ) -> None:
-        """components-contrib rules: a given etag must match; first-write without etag needs a new key."""
+        """The Redis state store's rules (components-contrib state/redis/redis.go setDefaultQuery):
+        a given etag must match an existing key's version (on a missing key the write creates
+        it); first-write without etag fails on an existing key only if a first-write made it,
+        and then with INTERNAL "failed to set key", not ABORTED (no etag, so no ETagError)."""
         current = items.get(stored_key)
         if etag:
             if not etag.isdigit():
                 raise _ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid etag value: {etag}")
-            if current is None or str(current.version) != etag:
+            if current is not None and str(current.version) != etag:
                 raise _ApiError(grpc.StatusCode.ABORTED, f"possible etag mismatch for key {stored_key}")
-        elif first_write and current is not None:
-            raise _ApiError(
-                grpc.StatusCode.ABORTED, f"possible etag mismatch: {stored_key} exists and no etag was passed"
-            )
+        elif first_write and current is not None and current.first_write:
+            raise _ApiError(grpc.StatusCode.INTERNAL, f"failed saving state: failed to set key {stored_key}")
 
     @staticmethod
     def _etag_of(item: common_pb2.StateItem) -> str | None:
@@ -672,7 +725,7 @@ class FakeDaprd:
             for stored_key, state in keyed:
                 self._check_etag(items, stored_key, self._etag_of(state), self._first_write(state))
             for stored_key, state in keyed:
-                self._write(items, stored_key, state.value)
+                self._write(items, stored_key, state.value, self._first_write(state))
 
     def _get_state(self, store: str, key: str) -> _StoredItem | None:
         with self._lock:
@@ -699,7 +752,7 @@ class FakeDaprd:
         with self._lock:
             items = self._store(store)
             stored_key = self.stored_key(store, key)
-            self._check_etag(items, stored_key, etag, first_write)
+            self._check_etag(items, stored_key, etag, False)  # Redis deletes without an etag regardless
             items.pop(stored_key, None)
 
     def _transact(self, store: str, operations: list[state_pb2.TransactionalStateOperation]) -> None:
@@ -715,11 +768,13 @@ class FakeDaprd:
                 request = operation.request
                 stored_key = self.stored_key(store, request.key)
                 self._check_etag(items, stored_key, self._etag_of(request), self._first_write(request))
-                planned.append((operation.operationType, stored_key, request.value))
+                planned.append(
+                    (operation.operationType, stored_key, request.value, self._first_write(request))
+                )
             # All checks passed: apply atomically.
-            for operation_type, stored_key, value in planned:
+            for operation_type, stored_key, value, first_write in planned:
                 if operation_type == "upsert":
-                    self._write(items, stored_key, value)
+                    self._write(items, stored_key, value, first_write)
                 else:
                     items.pop(stored_key, None)
 
@@ -810,15 +865,24 @@ class FakeDaprd:
                 cloudevent = {}
                 undeliverable = "a raw payload reached a subscription without rawPayload"
         if undeliverable is not None:
-            # daprd cannot build the envelope: a retriable error that never reaches the app.
-            delivery = Delivery("RETRY", 0, False, last_error=undeliverable)
+            # daprd cannot parse the broker bytes as a CloudEvent: it never calls the app, sends the
+            # bytes as they are to the dead-letter topic, else fails the message (which Redis Streams
+            # then acks: gone) (dapr pkg/runtime/subscription/subscription.go:266-283).
+            dead = self._dead_letter_broker(subscription, published, {"raw": True})
+            delivery = Delivery("RETRY", 0, dead, last_error=undeliverable)
         else:
             try:
                 event = _event_for_app(
                     cloudevent, published.pubsub, published.topic, _traceparent(), published
                 )
             except (binascii.Error, ValueError) as error:
-                delivery = Delivery("RETRY", 0, False, last_error=str(error))
+                # A bad data_base64 fails inside the delivery (subscriptions.go:354-368), so the
+                # resiliency policy retries it, then it is dead-lettered (subscription.go:358-405).
+                attempts = 1 + (self.resiliency.max_retries if self.resiliency else 0)
+                for _ in range(attempts - 1):
+                    time.sleep(self.resiliency.interval_s if self.resiliency else 0)
+                dead = self._dead_letter_broker(subscription, published, cloudevent)
+                delivery = Delivery("RETRY", attempts, dead, last_error=str(error))
             else:
                 delivery = self._deliver_event(subscription, event)
         with self._changed:
@@ -1021,7 +1085,9 @@ class FakeDaprd:
                 request, metadata=call_metadata, timeout=self.app_call_timeout_s
             )
         except grpc.RpcError as error:
-            return InvokeResult(error.code(), b"", "", error.details() or "")
+            status = rpc_status.from_call(error)  # type: ignore[arg-type]
+            details = tuple(status.details) if status is not None else ()
+            return InvokeResult(error.code(), b"", "", error.details() or "", status_details=details)
         except ValueError as error:  # restart() closed the channel under this call
             return InvokeResult(grpc.StatusCode.CANCELLED, b"", "", str(error))
         return InvokeResult(
@@ -1088,13 +1154,16 @@ class FakeDaprd:
             outcome, error = self._call_on_topic_event(request)
             if outcome == "SUCCESS":
                 return Delivery("SUCCESS", attempts, False)
+            if outcome == "UNIMPLEMENTED":
+                # Acked as handled, not dead-lettered (dapr .../postman/grpc/grpc.go:102-108).
+                return Delivery("DROP", attempts, False, error)
             if outcome == "DROP":
                 return Delivery("DROP", attempts, self._dead_letter(subscription, event), error)
             if attempts >= max_attempts:
                 return Delivery("RETRY", attempts, self._dead_letter(subscription, event), error)
             time.sleep(self.resiliency.interval_s if self.resiliency else 0)
 
-    def _call_on_topic_event(self, request: appcallback_pb2.TopicEventRequest) -> tuple[DeliveryStatus, str]:
+    def _call_on_topic_event(self, request: appcallback_pb2.TopicEventRequest) -> tuple[str, str]:
         app_channel, _ = self._channels()
         try:
             response = appcallback_pb2_grpc.AppCallbackStub(app_channel).OnTopicEvent(
@@ -1103,7 +1172,7 @@ class FakeDaprd:
         except grpc.RpcError as error:
             described = f"{error.code().name}: {error.details()}"
             # UNIMPLEMENTED means no handler for the route: daprd drops instead of retrying.
-            return ("DROP" if error.code() == grpc.StatusCode.UNIMPLEMENTED else "RETRY"), described
+            return ("UNIMPLEMENTED" if error.code() == grpc.StatusCode.UNIMPLEMENTED else "RETRY"), described
         except ValueError as error:  # restart() closed the channel under this call
             return "RETRY", str(error)
         statuses: dict[int, DeliveryStatus] = {
@@ -1112,6 +1181,25 @@ class FakeDaprd:
         }
         # RETRY and unknown enum values are retried.
         return statuses.get(response.status, "RETRY"), ""
+
+    def _dead_letter_broker(
+        self, subscription: Subscription, published: Published, cloudevent: dict[str, Any]
+    ) -> bool:
+        """Forward what is on the broker (the CloudEvent, or raw bytes) to the dead-letter topic."""
+        if not subscription.dead_letter_topic:
+            return False
+        dead = Published(
+            pubsub=subscription.pubsub,
+            topic=subscription.dead_letter_topic,
+            data=published.data,
+            content_type=published.content_type,
+            metadata=dict(published.metadata),
+            event_id=published.event_id,
+        )
+        if cloudevent.get("raw"):
+            cloudevent = {"data_base64": base64.b64encode(published.data).decode(), "raw": True}
+        self._record(dead, dict(cloudevent), None)
+        return True
 
     def _dead_letter(self, subscription: Subscription, event: _Event) -> bool:
         """Forward the original message to the dead-letter topic, if the subscription has one."""

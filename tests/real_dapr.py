@@ -64,12 +64,27 @@ def _stop(process: subprocess.Popen, timeout: float = 15.0) -> int:
     return process.returncode
 
 
-class RedisServer:
-    """redis-server on a free loopback port, no persistence, stopped by PID."""
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    """Poll `condition` until it returns something truthy (returned) or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(interval)
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+
+class RedisServer:
+    """redis-server on a free loopback port, stopped by PID. No persistence unless
+    `persistent` (an append-only file in `workdir`, as a production Redis keeps its data:
+    then stop() and start() keep the models and the streams)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *, persistent: bool = False) -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.persistent = persistent
         self.process: subprocess.Popen | None = None
         self.start()
 
@@ -89,7 +104,11 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfilename",
+                f"redis-{self.port}.aof",
+                "--appenddirname",
+                f"redis-{self.port}-aof",
                 "--dir",
                 str(self.workdir),
             ],
@@ -171,8 +190,7 @@ class Daprd:
             str(dapr_install().daprd),
             "--app-id",
             self.app_id,
-            "--app-port",
-            str(self.app_port),
+            *(("--app-port", str(self.app_port)) if self.app_port else ()),  # 0: a sidecar with no app
             "--app-protocol",
             "grpc",
             "--app-channel-address",
@@ -183,6 +201,10 @@ class Daprd:
             str(self.grpc_port),
             "--dapr-internal-grpc-port",
             str(self.internal_grpc_port),
+            # Else the sidecar-to-sidecar server binds [::] (--dapr-listen-addresses does not
+            # cover it); the sqlite resolver then registers 127.0.0.1, which the replicas reach.
+            "--dapr-internal-grpc-listen-address",
+            LOOPBACK,
             "--dapr-listen-addresses",
             LOOPBACK,
             "--metrics-port",
@@ -244,6 +266,12 @@ class Daprd:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        """daprd's Prometheus metrics (e.g. dapr_service_invocation_req_recv_total)."""
+        url = f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.read().decode()
 
     def env(self) -> dict[str, str]:
         """What `dapr run` gives the app process."""
@@ -340,6 +368,21 @@ class App:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until the app has loaded its models and its daprd has seen it healthy since (so
+        daprd forwards calls and events to it)."""
+
+        def healthy() -> bool:
+            if "ready: models" not in self.log().rsplit("listening on", 1)[-1]:
+                return False
+            log = self.daprd.log()
+            return log.rfind("App entered healthy status") > log.rfind("App entered un-healthy status")
+
+        try:
+            wait_for(healthy, timeout, "classifier serve ready and seen healthy by daprd")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log()[-2000:]}\n{self.daprd.log()[-2000:]}") from None
+
     def wait_listening(self, timeout: float = 60.0) -> None:
         _wait_port(self.daprd.app_port, timeout, "classifier serve", self.process)
 
@@ -373,6 +416,7 @@ class Stack:
     resources: Path
     config: Path
     replicas: list[tuple[Daprd, App]] = field(default_factory=list)
+    sidecars: list[Daprd] = field(default_factory=list)  # add_sidecar: daprds with no app
 
     @property
     def daprd(self) -> Daprd:
@@ -399,13 +443,34 @@ class Stack:
             app_health_check=app_health_check,
         )
         app = App(daprd, self.workdir, **app_env)
-        daprd.start()
+        try:
+            daprd.start()
+        except BaseException:
+            app.terminate()  # not in self.replicas yet: close() would not stop it
+            daprd.stop()
+            raise
         self.replicas.append((daprd, app))
         if wait:
             app.wait_listening()
         return daprd, app
 
+    def add_sidecar(self, app_id: str, *, config: Path | None = None) -> Daprd:
+        """A daprd of another app id with no app (a caller, an uploader), same components."""
+        daprd = Daprd(
+            self.workdir,
+            self.resources,
+            config or self.config,
+            app_id=app_id,
+            app_port=0,
+            app_health_check=False,
+        )
+        self.sidecars.append(daprd)
+        daprd.start()
+        return daprd
+
     def close(self) -> None:
+        for daprd in self.sidecars:
+            daprd.stop()
         for daprd, app in reversed(self.replicas):
             app.terminate()
             daprd.stop()
@@ -413,10 +478,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(workdir: Path, *, replicas: int = 1, **app_env: str) -> Iterator[Stack]:
+def stack(
+    workdir: Path, *, replicas: int = 1, persistent_redis: bool = False, **app_env: str
+) -> Iterator[Stack]:
     workdir.mkdir(parents=True, exist_ok=True)
     dapr_install()
-    server = RedisServer(workdir)
+    server = RedisServer(workdir, persistent=persistent_redis)
     built = Stack(
         workdir,
         server,

@@ -107,8 +107,12 @@ def upload(daprd: FakeDaprd, tmp: Path, name: str, model: str, labels: list[str]
 
 
 def error_of(result: InvokeResult) -> dict:
-    """The JSON error body of a failed call."""
-    return json.loads(result.details)["error"]
+    """The error of a failed call as {"code", "message"}: the code from the status's
+    google.rpc.ErrorInfo reason (lower-cased), the message from the status message."""
+    info = result.error_info()
+    assert info is not None, f"no ErrorInfo in the status details: {result.code.name} {result.details!r}"
+    assert info["domain"] == "image-classifier", info
+    return {"code": info["reason"].lower(), "message": result.details}
 
 
 def results_for(daprd: FakeDaprd, event_id: str, timeout: float = 10.0) -> dict:

@@ -38,13 +38,20 @@ from ..config import ServeSettings, Settings
 from ..errors import ClassifierError, ErrorKind, invalid_argument
 from ..pipeline import DEFAULT_TOP_K, Classifier
 from ..stores.base import Store
-from ..stores.dapr import DaprStore
+from ..stores.dapr import DaprStore, sidecar_client
 from ..stores.local import LocalStore
 from ..watcher import Watcher
 from .calls import EdgeInterceptor, current_call
 from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
 from .classifier_pb2 import ClassifyResponse as ClassifyResponseProto
-from .requests import PROTO_TYPE_NAME, ClassifyRequest, ImageFetcher, decode_body, from_proto
+from .requests import (
+    PROTO_TYPE_NAME,
+    ClassifyRequest,
+    ImageFetcher,
+    check_event_data,
+    decode_body,
+    from_proto,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,7 @@ def connect_store(settings: Settings, serve: ServeSettings) -> tuple[Store, Dapr
     With a sidecar, this blocks until it is healthy (DaprClient does)."""
     if not serve.dapr:
         return LocalStore(settings.store_dir), None
-    client = DaprClient(max_grpc_message_length=serve.max_message_bytes)
+    client = sidecar_client(serve.max_message_bytes)
     return DaprStore(client, settings.module_cache_dir, serve.state_store), client
 
 
@@ -70,7 +77,8 @@ class ClassifierService:
         self.classifier: Classifier | None = None  # set by start-up
         self.dapr: DaprClient | None = None
         self.watcher: Watcher | None = None
-        self.startup_error: str | None = None
+        self.startup_error: str | None = None  # why start-up is not done (health says it)
+        self._state = "starting"
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.fetcher = ImageFetcher(serve.image_url_allowlist, max_bytes=serve.max_message_bytes)
@@ -92,7 +100,7 @@ class ClassifierService:
             self.app.subscribe(serve.pubsub, serve.images_topic, dead_letter_topic=serve.dead_letter_topic)(
                 self.on_image
             )
-            self.app.subscribe(serve.pubsub, serve.updates_topic)(self.on_update)
+            self.app.subscribe(serve.updates_pubsub, serve.updates_topic)(self.on_update)
         # The SDK's App has no public way to bind port 0 or to stop with a grace period.
         self._server: grpc.Server = self.app._server
         self.port = 0
@@ -128,9 +136,31 @@ class ClassifierService:
     def wait(self) -> None:
         self._server.wait_for_termination()
 
+    def _set_state(self, state: str, reason: str | None = None) -> None:
+        """Start-up's state, which health reports: logged once when it changes (starting ->
+        waiting for the sidecar / a model / the store -> ready), never once per probe."""
+        self.startup_error = reason
+        if state != self._state:
+            self._state = state
+            if reason is None:
+                log.info("%s", state)
+            else:
+                log.warning("%s: %s", state, reason)
+
+    def _connect(self) -> tuple[Store, DaprClient | None]:
+        """The store; with a sidecar, wait for it as long as it takes (DaprClient gives up
+        after DAPR_HEALTH_TIMEOUT; the sidecar may come later, e.g. restarted by Kubernetes)."""
+        while True:
+            try:
+                return connect_store(self.settings, self.serve)
+            except TimeoutError as exc:
+                if self.stopping.is_set():
+                    raise
+                self._set_state("waiting for the Dapr sidecar", f"not healthy yet ({exc})")
+
     def _start_up(self) -> None:
         try:
-            store, self.dapr = connect_store(self.settings, self.serve)
+            store, self.dapr = self._connect()
             classifier = Classifier(self.settings, store=store)
             watcher = Watcher(classifier, self.serve.guest_name, self.serve.poll_s)
             self._load(classifier, watcher)
@@ -139,10 +169,13 @@ class ClassifierService:
             watcher.start()
             self.ready.set()
             names = ", ".join(f"{m.name} v{m.version}" for m in classifier.models.loaded()) or "none"
-            log.info("ready: models %s", names)
+            self._set_state(f"ready: models {names}")
         except Exception as exc:  # start-up must say why it failed, not die silently
-            self.startup_error = exc.message if isinstance(exc, ClassifierError) else repr(exc)
-            log.exception("start-up failed")
+            if isinstance(exc, ClassifierError):
+                self._set_state("start-up failed", exc.message)
+            else:
+                self.startup_error = repr(exc)
+                log.exception("start-up failed")
 
     def _load(self, classifier: Classifier, watcher: Watcher) -> None:
         """Load the models (and the stored guest); retry while the store is unavailable,
@@ -157,13 +190,17 @@ class ClassifierService:
                         classifier.models.get(name)
                     self.startup_error = None
                     return
-                if self.startup_error is None:
-                    self.startup_error = "no model in the store yet: upload one with `classifier models put`"
-                    log.warning("%s; waiting", self.startup_error)
+                self._set_state(
+                    "waiting for a model",
+                    "no model in the store yet: upload one with `classifier models put`",
+                )
             except ClassifierError as exc:
-                if exc.kind not in TRANSIENT:
+                if exc.kind == ErrorKind.NOT_FOUND:  # named by CLASSIFIER_MODELS or CLASSIFIER_GUEST
+                    self._set_state("waiting for an upload", exc.message)
+                elif exc.kind in TRANSIENT:
+                    self._set_state("waiting for the state store", exc.message)
+                else:
                     raise
-                log.warning("store not available yet: %s", exc.message)
             self.stopping.wait(1.0)
 
     def _warm_workers(self, classifier: Classifier) -> None:
@@ -184,10 +221,14 @@ class ClassifierService:
     # -- health -------------------------------------------------------------------------
 
     def health(self) -> None:
+        """daprd's app health probe. Failing is an UNAVAILABLE status saying why (daprd logs
+        it); the interceptor logs nothing for it: the state changes are logged, not probes."""
         if self.stopping.is_set():
-            raise RuntimeError("shutting down")
+            raise ClassifierError(ErrorKind.UNAVAILABLE, "shutting down")
         if not self.ready.is_set():
-            raise RuntimeError(self.startup_error or "starting: models not loaded yet")
+            raise ClassifierError(
+                ErrorKind.UNAVAILABLE, self.startup_error or "starting: models not loaded yet"
+            )
 
     def _classifier(self) -> Classifier:
         if self.classifier is None or not self.ready.is_set():
@@ -251,10 +292,13 @@ class ClassifierService:
 
     def on_image(self, message: SubscriptionMessage) -> TopicEventResponse:
         event_id = message.id()
-        if not self.ready.is_set():
-            return TopicEventResponse("retry")  # not ready: daprd redelivers
+        if not self.ready.is_set():  # only without daprd's app health check: with it, no delivery yet
+            reason = self.startup_error or "starting"
+            log.info("event %s: not ready (%s); asking for redelivery", event_id, reason)
+            return TopicEventResponse("retry")  # daprd redelivers per components/resiliency.yaml
         try:
             check_body_size(len(message.raw_data()), self.serve)
+            check_event_data(message.raw_data(), message.data_content_type() or "")
             request = decode_body(message.raw_data(), message.data_content_type() or "", "", self.fetcher)
             result: dict[str, Any] = self.classify(request)
         except ClassifierError as exc:
@@ -297,7 +341,10 @@ class ClassifierService:
             )
             return True
         except grpc.RpcError as exc:
-            log.warning("publishing result %s: %s", result.get("correlation_id"), exc)
+            # One line per event (the RpcError's repr is four, with a debug string).
+            code = exc.code().name if hasattr(exc, "code") else "?"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            log.warning("publishing result %s: %s: %s", result.get("correlation_id"), code, details)
             return False
 
 

@@ -2,17 +2,23 @@
 
 The SDK's handlers get no gRPC context, so they cannot choose a status (an exception
 becomes UNKNOWN, a 500 for HTTP callers). This interceptor, given to the SDK's gRPC
-server, turns a ClassifierError into the status daprd maps to the right HTTP code, with
-a JSON error body `{"error": {"code", "message"}}` as the status message; it rejects
-calls without the app token; and it makes the call's deadline and query string visible
-to the handler.
+server, turns a ClassifierError into the status daprd maps to the right HTTP code; it
+rejects calls without the app token; and it makes the call's deadline and query string
+visible to the handler.
+
+Every error status is built by `error_status`: the status message is the plain
+human-readable message, and the machine-readable code travels as a `google.rpc.ErrorInfo`
+in the status details (`grpc-status-details-bin`), with `reason` the upper-case error
+code (`NOT_FOUND`, `GUEST_FAILED`, ...; AIP-193 style, as Dapr's own errors) and `domain`
+`image-classifier`. daprd passes the details through: an HTTP caller gets
+`{"code": 5, "message": "...", "details": [{"@type": ".../google.rpc.ErrorInfo",
+"reason": "NOT_FOUND", "domain": "image-classifier"}]}`, a gRPC caller the same status.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hmac
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ..errors import ClassifierError, ErrorKind
 
@@ -67,9 +76,24 @@ def current_call() -> CallInfo:
     return _current.get() or CallInfo(method="")
 
 
-def error_body(kind: ErrorKind | str, message: str) -> str:
-    code = kind.value if isinstance(kind, ErrorKind) else kind
-    return json.dumps({"error": {"code": code, "message": message}})
+ERROR_DOMAIN = "image-classifier"
+
+
+def error_reason(kind: ErrorKind | str) -> str:
+    """The ErrorInfo reason of an error code: `not_found` -> `NOT_FOUND`."""
+    return (kind.value if isinstance(kind, ErrorKind) else kind).upper()
+
+
+def error_status(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:
+    """The one place error statuses are built: `message` as the status message, and a
+    google.rpc.ErrorInfo {reason, domain} in the details."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
+
+
+def status_of(error: ClassifierError) -> grpc.Status:
+    return error_status(STATUS_OF[error.kind], error_reason(error.kind), error.message)
 
 
 class EdgeInterceptor(grpc.ServerInterceptor):
@@ -88,9 +112,12 @@ class EdgeInterceptor(grpc.ServerInterceptor):
 
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
             if needs_token and not self._token_ok(context):
-                context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    error_body("unauthenticated", "missing or wrong dapr-api-token"),
+                context.abort_with_status(
+                    error_status(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "UNAUTHENTICATED",
+                        "missing or wrong dapr-api-token (APP_API_TOKEN of daprd and the app differ)",
+                    )
                 )
             remaining = context.time_remaining()
             info = CallInfo(
@@ -102,13 +129,24 @@ class EdgeInterceptor(grpc.ServerInterceptor):
             try:
                 return inner(request, context)
             except ClassifierError as exc:
-                context.abort(STATUS_OF[exc.kind], error_body(exc.kind, exc.message))
+                context.abort_with_status(status_of(exc))
             except NotImplementedError:
-                raise  # the SDK's "unknown method/topic": it set UNIMPLEMENTED already
+                if method == "OnInvoke":  # the SDK's "unknown method"
+                    context.abort_with_status(
+                        error_status(
+                            grpc.StatusCode.UNIMPLEMENTED,
+                            "UNIMPLEMENTED",
+                            f"unknown method {getattr(request, 'method', '')!r}: "
+                            "the methods are classify and models",
+                        )
+                    )
+                raise  # an unknown topic: UNIMPLEMENTED (the SDK set it), which daprd drops
             except Exception as exc:
                 log.exception("%s failed", method)
-                context.abort(
-                    grpc.StatusCode.INTERNAL, error_body(ErrorKind.INTERNAL, f"internal error: {exc}")
+                context.abort_with_status(
+                    error_status(
+                        grpc.StatusCode.INTERNAL, error_reason(ErrorKind.INTERNAL), f"internal error: {exc}"
+                    )
                 )
             finally:
                 _current.reset(token)

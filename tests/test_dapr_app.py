@@ -58,7 +58,7 @@ def service(daprd: FakeDaprd, workdir: Path) -> Iterator[ServiceProcess]:
 def test_subscriptions_declared_at_start(service: ServiceProcess, daprd: FakeDaprd) -> None:
     topics = {(s.pubsub, s.topic): s for s in daprd.subscriptions}
     assert topics[("pubsub", "images")].dead_letter_topic == "images-deadletter"
-    assert ("pubsub", "model-updates") in topics
+    assert ("updates", "model-updates") in topics
 
 
 def test_invoke_raw_bytes_as_dapr_invoke_sends_them(service: ServiceProcess, daprd: FakeDaprd) -> None:
@@ -221,6 +221,33 @@ def test_transient_fault_is_retried_then_succeeds(service: ServiceProcess, daprd
     assert results_for(daprd, "frame-retry")["predictions"][0]["index"] == 166
 
 
+@pytest.mark.parametrize(
+    ("content_type", "words"),
+    [
+        ("image/jpeg", "daprd delivers no data for content type 'image/jpeg'"),
+        ("text/plain", "replacing the image's non-UTF-8 bytes with U+FFFD"),
+        ("application/json", "the event's data is a JSON string, not an object"),  # dapr publish --data-file
+    ],
+)
+def test_image_bytes_daprd_empties_or_corrupts_are_dropped_clearly(
+    service: ServiceProcess, daprd: FakeDaprd, content_type: str, words: str
+) -> None:
+    """Published through the sidecar (the double's envelope rules, as real daprd's: see
+    tests/test_real_dapr_pubsub.py), never classified as garbage."""
+    event_id = f"mangled-{content_type}"
+    with sidecar_env(daprd), DaprClient() as client:
+        metadata = {"cloudevent.id": event_id}
+        client.publish_event(
+            "pubsub", "images", BIRD, data_content_type=content_type, publish_metadata=metadata
+        )
+    error = results_for(daprd, event_id)["error"]
+    assert error["code"] == "invalid_argument" and words in error["message"], error
+    deadline = time.monotonic() + 10
+    while not any(p.event_id == event_id for p in daprd.published("images-deadletter")):
+        assert time.monotonic() < deadline, "not dead-lettered"
+        time.sleep(0.02)
+
+
 # -- models in the state store ----------------------------------------------------------
 
 
@@ -249,7 +276,7 @@ def test_new_version_is_picked_up_without_restart(
     version = upload(daprd, workdir, "birds", "aiy_birds_v1", labels=shouted)
     assert version == before["version"] + 1
     update = json.dumps({"kind": "model", "name": "birds", "version": version}).encode()
-    assert daprd.deliver("pubsub", "model-updates", update, "application/json").status == "SUCCESS"
+    assert daprd.deliver("updates", "model-updates", update, "application/json").status == "SUCCESS"
     after = json.loads(daprd.invoke("classify", BIRD).data)  # the event was handled: no waiting
     assert after["version"] == version
     assert after["predictions"][0]["label"] == "AIX GALERICULATA"
@@ -392,7 +419,7 @@ def test_stored_guest_is_swapped_without_restart(tmp_path: Path, test_guests: di
 
             version = store.put_guest("logic", test_guests["plain_text"].read_bytes()).version
             update = json.dumps({"kind": "guest", "name": "logic", "version": version}).encode()
-            assert daprd.deliver("pubsub", "model-updates", update, "application/json").status == "SUCCESS"
+            assert daprd.deliver("updates", "model-updates", update, "application/json").status == "SUCCESS"
             response = json.loads(daprd.invoke("classify", BIRD).data)
             assert response["output"] == f"plain text from a guest: --model, {len(BIRD)} bytes"
             assert response["model"] == "birds"

@@ -149,15 +149,19 @@ def test_state_round_trip_with_etags(sidecar: FakeDaprd) -> None:
         assert stale.value.code() == grpc.StatusCode.ABORTED
         assert client.get_state(STORE, "model").etag == "2"
 
+        # As real Redis (tests/test_real_dapr_state.py): first-write without etag fails only on
+        # a key a first-write created, and with INTERNAL, not ABORTED.
         first_write = StateOptions(concurrency=Concurrency.first_write)
-        with pytest.raises(DaprGrpcError) as exists:
-            client.save_state(STORE, "model", b"v3", options=first_write)
-        assert exists.value.code() == grpc.StatusCode.ABORTED
         client.save_state(STORE, "labels", b"cat\ndog", options=first_write)
+        with pytest.raises(DaprGrpcError) as exists:
+            client.save_state(STORE, "labels", b"x", options=first_write)
+        assert exists.value.code() == grpc.StatusCode.INTERNAL
+        client.save_state(STORE, "model", b"v2", options=first_write)  # made without first-write
+        client.save_state(STORE, "model", b"v2", etag="3")
 
         items = client.get_bulk_state(STORE, ["model", "labels", "absent"]).items
         assert [(item.key, item.data, item.etag) for item in items] == [
-            ("model", b"v2", "2"),
+            ("model", b"v2", "4"),
             ("labels", b"cat\ndog", "1"),
             ("absent", b"", ""),
         ]
@@ -165,7 +169,7 @@ def test_state_round_trip_with_etags(sidecar: FakeDaprd) -> None:
         with pytest.raises(DaprGrpcError) as stale_delete:
             client.delete_state(STORE, "model", etag="1")
         assert stale_delete.value.code() == grpc.StatusCode.ABORTED
-        client.delete_state(STORE, "model", etag="2")
+        client.delete_state(STORE, "model", etag="4")
     assert sidecar.state(STORE) == {"labels": b"cat\ndog"}
 
 
@@ -453,3 +457,39 @@ def test_resiliency_interval_is_honoured(tiny_app: TinyApp) -> None:
         delivery = double.deliver("pubsub", "t", b"retry")
         assert (delivery.status, delivery.attempts) == ("RETRY", 2)
         assert time.monotonic() - started >= 0.2
+
+
+def test_undecodable_events_never_reach_the_app_and_are_dead_lettered(
+    daprd: FakeDaprd, tiny_app: TinyApp, client_env: ClientEnv
+) -> None:
+    """As real daprd (tests/test_real_dapr_pubsub.py): a rawPayload publish to a subscription without
+    rawPayload is dead-lettered as it was published; a CloudEvent whose data_base64 is not base64 is
+    retried per policy, then dead-lettered; the app sees neither."""
+    client_env(daprd)
+    bad_base64 = json.dumps(
+        {"specversion": "1.0", "id": "e-b64", "source": "s", "type": "t", "data_base64": "%%%"}
+    )
+    with DaprClient() as client:
+        client.publish_event(
+            "pubsub",
+            "t",
+            b"\xff\xd8raw",
+            data_content_type="application/octet-stream",
+            publish_metadata={"rawPayload": "true"},
+        )
+        client.publish_event("pubsub", "t", bad_base64, data_content_type="application/cloudevents+json")
+    deliveries = {published.data: delivery for published, delivery in daprd.wait_for_delivered("t", 2)}
+    raw, b64 = deliveries[b"\xff\xd8raw"], deliveries[bad_base64.encode()]
+    assert (raw.status, raw.attempts, raw.dead_lettered) == ("RETRY", 0, True)
+    assert (b64.status, b64.attempts, b64.dead_lettered) == ("RETRY", 4, True)
+    assert {dead.data for dead in daprd.published("t-dead")} == {b"\xff\xd8raw", bad_base64.encode()}
+    assert tiny_app.attempts == Counter()
+
+
+def test_unimplemented_is_dropped_but_not_dead_lettered(tiny_app: TinyApp) -> None:
+    """daprd acks an UNIMPLEMENTED answer without the dead-letter topic (postman/grpc/grpc.go:102-108)."""
+    with FakeDaprd(app_port=tiny_app.port) as double:
+        double.add_subscription("pubsub", "orphans", route="/nowhere", dead_letter_topic="orphans-dead")
+        delivery = double.deliver("pubsub", "orphans", b"ok")
+        assert (delivery.status, delivery.dead_lettered) == ("DROP", False)
+        assert double.published("orphans-dead") == []

@@ -85,6 +85,36 @@ def decode_body(
     )
 
 
+def check_event_data(data: bytes, content_type: str) -> None:
+    """Refuse a pub/sub event's data that daprd's CloudEvent envelope emptied or corrupted, and say
+    why, rather than classifying what is left or failing with a bare "not an image".
+
+    daprd keeps bytes only for application/octet-stream (data_base64) and JSON; it stores other
+    types as a UTF-8 string (invalid bytes become U+FFFD) and delivers them empty unless they
+    are text/* or application/xml (dapr pkg/runtime/pubsub/subscriptions.go:354-385)."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    send = 'publish images as application/octet-stream, or JSON {"image_base64": ...}'
+    if not data:
+        carried = media_type in ("", "application/octet-stream", "application/json", "application/xml")
+        if carried or media_type.startswith("text/"):
+            raise invalid_argument("the event has no data")
+        raise invalid_argument(
+            f"the event's data is empty: daprd delivers no data for content type {content_type!r} "
+            f"(only application/octet-stream, JSON and text keep it); {send}"
+        )
+    if (media_type.startswith("text/") or media_type == "application/xml") and b"\xef\xbf\xbd" in data:
+        raise invalid_argument(
+            f"the event's data was corrupted: published as {content_type!r}, which daprd stores as "
+            f"a UTF-8 string, replacing the image's non-UTF-8 bytes with U+FFFD; {send}"
+        )
+    if media_type == "application/json" and data.lstrip()[:1] == b'"':
+        raise invalid_argument(
+            "the event's data is a JSON string, not an object: daprd stores a body published as "
+            "application/json that is not JSON (as `dapr publish --data-file IMAGE` sends it) as a "
+            f"string, which corrupts image bytes; {send}"
+        )
+
+
 def decode_protobuf(data: bytes) -> ClassifyRequest:
     message = ClassifyRequestProto()
     try:

@@ -75,6 +75,9 @@ class ServeSettings:
     results_topic: str = "classifications"
     dead_letter_topic: str = "images-deadletter"
     updates_topic: str = "model-updates"
+    # Updates must reach every replica: a component of their own whose consumer group is
+    # per daprd (components/updates.yaml), not `pubsub`'s group shared by one app id.
+    updates_pubsub: str = "updates"
     models: tuple[str, ...] = ()  # load these at start and report healthy once they are; () = all
     default_model: str | None = None  # for requests that name none; default: the only model
     guest_name: str | None = None  # CLASSIFIER_GUEST naming a guest in the store (a .wasm path is Settings')
@@ -97,6 +100,7 @@ class ServeSettings:
             results_topic=os.environ.get("CLASSIFIER_RESULTS_TOPIC") or "classifications",
             dead_letter_topic=os.environ.get("CLASSIFIER_DEAD_LETTER_TOPIC") or "images-deadletter",
             updates_topic=os.environ.get("CLASSIFIER_UPDATES_TOPIC") or "model-updates",
+            updates_pubsub=os.environ.get("CLASSIFIER_UPDATES_PUBSUB") or "updates",
             models=_env_list("CLASSIFIER_MODELS"),
             default_model=os.environ.get("CLASSIFIER_DEFAULT_MODEL") or None,
             guest_name=_stored_guest_name(os.environ.get("CLASSIFIER_GUEST")),

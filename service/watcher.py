@@ -70,12 +70,18 @@ class Watcher:
             log.error("guest %s not activated: %s", self.guest_name, exc.message)
 
     def _run(self) -> None:
+        failing = False  # a store outage is logged when it starts and ends, not every poll
         while not self._stop.wait(self.poll_s):
             try:
                 with self._lock:
                     self.classifier.models.refresh_all()
                 self._refresh_guest_logged()
+                if failing:
+                    log.info("polling the store: it answers again")
+                failing = False
             except ClassifierError as exc:
-                log.warning("polling the store: %s", exc.message)
+                if not failing:
+                    log.warning("polling the store: %s (logged again when it answers)", exc.message)
+                failing = True
             except Exception:
                 log.exception("polling the store")

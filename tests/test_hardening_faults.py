@@ -147,7 +147,7 @@ def test_store_fault_while_a_new_version_is_published(
     assert new_version == active + 1
 
     update = json.dumps({"kind": "model", "name": "birds", "version": new_version}).encode()
-    delivery = daprd.deliver("pubsub", "model-updates", update, "application/json")
+    delivery = daprd.deliver("updates", "model-updates", update, "application/json")
     assert delivery.status == "RETRY"  # cannot be fetched now: daprd is to redeliver it later
     time.sleep(1.5)  # three of the service's polls, all failing
     during = classify(daprd)

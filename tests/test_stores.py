@@ -187,3 +187,17 @@ def test_dapr_store_unreachable_is_unavailable_not_a_crash(daprd: FakeDaprd, tmp
             except ClassifierError as exc:
                 assert exc.kind == ErrorKind.UNAVAILABLE and time.monotonic() < deadline
                 time.sleep(0.2)
+
+
+def test_dapr_store_backend_fault_is_unavailable(daprd: FakeDaprd, tmp_path: Path) -> None:
+    """Real daprd answers INTERNAL when Redis is down (tests/test_real_dapr_state.py): transient."""
+    import grpc
+
+    with DaprClient() as client:
+        store = DaprStore(client, tmp_path / "cache", store_name="statestore-backend-fault")
+        store.put("birds", BIRDS)
+        daprd.fail_next("GetState", grpc.StatusCode.INTERNAL)
+        with pytest.raises(ClassifierError) as exc:
+            store.manifest("birds")
+        assert error_kind(exc) == ErrorKind.UNAVAILABLE
+        assert store.manifest("birds").version == 1

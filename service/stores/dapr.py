@@ -8,9 +8,17 @@
 Chunks stay under Dapr's default 4 MiB body limit whatever the model's size, and are read
 with bulk get in batches under it. Chunk keys are named by the version's digest, so a new
 upload never overwrites what a reader of the current version is fetching; the manifest
-is written last, with the previous manifest's etag, so a concurrent upload fails cleanly
-instead of interleaving. Fetched versions are verified against the manifest's sha256
-and cached on local disk by digest, so a restart does not fetch them again.
+is written last, with the previous manifest's etag (first-write concurrency; on a new
+name, only if the key still does not exist), so of two uploads racing on one name one
+commits and the other re-reads the manifest and commits as the version after it: the
+store ends with one whole manifest, and each uploader is told the version it got. The
+index keys are updated the same way. Fetched versions are verified against the
+manifest's sha256 and cached on local disk by digest, so a restart does not fetch them.
+
+A sidecar answering INTERNAL for a state call is a backend fault (daprd reports Redis
+being down as INTERNAL "dial tcp ...: connection refused"): it is UNAVAILABLE here, like
+an unreachable sidecar, so callers retry; misconfiguration (INVALID_ARGUMENT for an
+unknown store, FAILED_PRECONDITION) stays a fault.
 
 The components set `keyPrefix: name`, so the uploader (any app id) and the service see
 the same keys.
@@ -23,13 +31,16 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from dapr.clients import DaprClient
 from dapr.clients.grpc._state import Concurrency, Consistency, StateOptions
+from dapr.clients.health import DaprHealth
 
 from ..errors import ClassifierError, ErrorKind, not_found
 from .base import (
@@ -50,10 +61,47 @@ from .base import (
 CHUNK_BYTES = 1 << 20
 BULK_GET_BYTES = 3 << 20  # one bulk get stays under the default 4 MiB message limits
 MANIFEST_FILE = "manifest.json"
-_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,  # daprd: the store's backend failed (Redis down, a timeout)
+    grpc.StatusCode.UNKNOWN,
+}
+COMMIT_ATTEMPTS = 8  # concurrent uploads of one name: re-read and commit as the next version
 _FIRST_WRITE = StateOptions(concurrency=Concurrency.first_write, consistency=Consistency.strong)
 
 T = TypeVar("T")
+
+# gRPC's default reconnect backoff grows to 120 s: after a sidecar restart the long-lived
+# client stayed disconnected for up to half the outage again (16 s after a 30 s outage),
+# answering RETRY to every event meanwhile. The SDK's DaprClient takes no channel options.
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+_CHANNEL_PATCH = threading.Lock()
+
+
+def sidecar_client(max_message_bytes: int | None = None) -> DaprClient:
+    """A DaprClient whose channel reconnects to a restarted sidecar within ~2 s.
+    Blocks until the sidecar is healthy (DAPR_HEALTH_TIMEOUT), as DaprClient does."""
+    DaprHealth.wait_for_sidecar()  # before patching, so the patch is held only briefly
+    with _CHANNEL_PATCH:
+        insecure, secure = grpc.insecure_channel, grpc.secure_channel
+
+        def insecure_channel(target, options=None, compression=None):  # type: ignore[no-untyped-def]
+            return insecure(target, [*(options or ()), *RECONNECT_OPTIONS], compression)
+
+        def secure_channel(target, credentials, options=None, compression=None):  # type: ignore[no-untyped-def]
+            return secure(target, credentials, [*(options or ()), *RECONNECT_OPTIONS], compression)
+
+        grpc.insecure_channel, grpc.secure_channel = insecure_channel, secure_channel
+        try:
+            return DaprClient(max_grpc_message_length=max_message_bytes)
+        finally:
+            grpc.insecure_channel, grpc.secure_channel = insecure, secure
 
 
 class DaprStore:
@@ -70,17 +118,15 @@ class DaprStore:
         self, name: str, model: bytes, labels: list[str] | None = None, progress: Progress | None = None
     ) -> ModelManifest:
         check_name(name)
-        previous, etag = self._read_json(f"model/{name}")
-        version = int(previous["version"]) + 1 if previous else 1
-        manifest, labels = prepare_model(name, model, labels, version)
+        manifest, labels = prepare_model(name, model, labels, 1)  # the version is set on commit
         record = {
             **manifest.to_dict(),
             "labels": labels,
             **self._put_chunks(f"model/{name}", model, progress),
         }
-        self._replace_manifest(f"model/{name}", record, etag, previous)
+        version = self._commit_manifest(f"model/{name}", record)
         self._add_to_index("models", name)
-        return manifest
+        return replace(manifest, version=version)
 
     def manifest(self, name: str) -> ModelManifest:
         return ModelManifest.from_dict(self._manifest_record(f"model/{name}", "model", name))
@@ -112,13 +158,11 @@ class DaprStore:
         self, name: str, wasm: bytes, args: tuple[str, ...] | None = None, progress: Progress | None = None
     ) -> GuestManifest:
         check_name(name)
-        previous, etag = self._read_json(f"guest/{name}")
-        version = int(previous["version"]) + 1 if previous else 1
-        manifest = prepare_guest(name, wasm, args, version)
+        manifest = prepare_guest(name, wasm, args, 1)  # the version is set on commit
         record = {**manifest.to_dict(), **self._put_chunks(f"guest/{name}", wasm, progress)}
-        self._replace_manifest(f"guest/{name}", record, etag, previous)
+        version = self._commit_manifest(f"guest/{name}", record)
         self._add_to_index("guests", name)
-        return manifest
+        return replace(manifest, version=version)
 
     def guest_manifest(self, name: str) -> GuestManifest:
         return GuestManifest.from_dict(self._manifest_record(f"guest/{name}", "guest", name))
@@ -173,29 +217,42 @@ class DaprStore:
             raise store_fault(f"{what}: the stored bytes do not match the manifest's sha256")
         return data
 
-    def _replace_manifest(
-        self, key: str, record: dict[str, Any], etag: str | None, previous: dict[str, Any] | None
-    ) -> None:
-        """Write the manifest last, only if nobody else replaced it meanwhile; then drop the
-        chunks of the version before the previous one (a reader may still be on the previous)."""
-        if previous and previous.get("sha256") != record["sha256"]:
-            record["previous"] = {"sha256": previous["sha256"], "chunks": previous.get("chunks", 0)}
-        elif previous:
-            record["previous"] = previous.get("previous")
+    def _commit_manifest(self, key: str, uploaded: dict[str, Any]) -> int:
+        """Write the manifest last, as the version after the current one, only if nobody
+        replaced it meanwhile (else re-read and try again); then drop the chunks of the
+        version before the previous one (a reader may still be on the previous). The version."""
+        for _ in range(COMMIT_ATTEMPTS):
+            previous, etag = self._read_json(key)
+            record = {**uploaded, "version": int(previous["version"]) + 1 if previous else 1}
+            if previous and previous.get("sha256") != record["sha256"]:
+                record["previous"] = {"sha256": previous["sha256"], "chunks": previous.get("chunks", 0)}
+            elif previous:
+                record["previous"] = previous.get("previous")
+            try:
+                self._save_if_unchanged(key, json.dumps(record), etag)
+            except _Conflict:
+                continue  # another upload committed first: this one becomes the next version
+            stale = previous.get("previous") if previous else None
+            if stale and stale.get("sha256") not in (record["sha256"], previous.get("sha256")):
+                self._delete_chunks(key, stale)
+            return int(record["version"])
+        raise store_unavailable(
+            f"{key} was replaced by {COMMIT_ATTEMPTS} other uploads while this one committed; try again"
+        )
+
+    def _save_if_unchanged(self, key: str, value: str, etag: str | None) -> None:
+        """Write `key` only if it still has `etag`, or with no etag only if it does not exist
+        (first-write). Raises _Conflict if somebody else wrote it first."""
         try:
-            self._call(
-                self.client.save_state,
-                self.store_name,
-                key,
-                json.dumps(record),
-                etag=etag,
-                options=_FIRST_WRITE if etag else None,
-            )
-        except _Conflict as exc:
-            raise store_fault(f"{key} was changed by another upload meanwhile; try again") from exc
-        stale = previous.get("previous") if previous else None
-        if stale and stale.get("sha256") not in (record["sha256"], previous.get("sha256")):
-            self._delete_chunks(key, stale)
+            self._call(self.client.save_state, self.store_name, key, value, etag=etag, options=_FIRST_WRITE)
+        except ClassifierError as exc:
+            if etag is not None or exc.kind != ErrorKind.UNAVAILABLE:
+                raise
+            # Redis answers a first-write without etag on an existing key with INTERNAL
+            # "failed to set key" (not ABORTED, state/redis/redis.go Set): look.
+            if self._call(self.client.get_state, self.store_name, key).data:
+                raise _Conflict(f"{key} was created meanwhile") from exc
+            raise
 
     def _delete_chunks(self, key: str, version: dict[str, Any]) -> None:
         for i in range(int(version.get("chunks", 0))):
@@ -228,14 +285,7 @@ class DaprStore:
             names = json.loads(response.data) if response.data else []
             updated = change(names)
             try:
-                self._call(
-                    self.client.save_state,
-                    self.store_name,
-                    index,
-                    json.dumps(updated),
-                    etag=response.etag or None,
-                    options=_FIRST_WRITE if response.etag else None,
-                )
+                self._save_if_unchanged(index, json.dumps(updated), response.etag or None)
                 return
             except _Conflict:
                 continue

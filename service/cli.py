@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import io
 import json
 import logging
+import os
 import shlex
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from .config import ServeSettings, Settings
-from .errors import ClassifierError, invalid_argument, not_found
+from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
 from .guest_args import parse_template
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
@@ -23,6 +28,8 @@ from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
 
 EXIT_TRAP = 134  # like an abort: the guest trapped rather than exiting
+SIDECAR_WAIT_S = "5"  # DAPR_HEALTH_TIMEOUT of the commands: their sidecar runs already, or it never will
+_T = TypeVar("_T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,8 +161,26 @@ def _store(settings: Settings) -> Store:
     """The Dapr state store when a sidecar is configured (DAPR_GRPC_PORT), else the local one."""
     from .edge.app import connect_store  # the Dapr SDK loads only when it is needed
 
-    store, _ = connect_store(settings, ServeSettings.from_env())
+    store, _ = _sidecar(lambda: connect_store(settings, ServeSettings.from_env()))
     return store
+
+
+def _sidecar(connect: Callable[[], _T]) -> _T:
+    """`connect()` makes a DaprClient, which waits for the sidecar's health (DAPR_HEALTH_TIMEOUT,
+    60 s by default, printing a line on stdout every second). A command waits SIDECAR_WAIT_S
+    unless DAPR_HEALTH_TIMEOUT says otherwise, quietly, and then fails with one line."""
+    from dapr.clients.http.helpers import get_api_url
+
+    os.environ.setdefault("DAPR_HEALTH_TIMEOUT", SIDECAR_WAIT_S)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return connect()
+    except TimeoutError as exc:
+        raise ClassifierError(
+            ErrorKind.UNAVAILABLE,
+            f"no Dapr sidecar answered at {get_api_url()} within {os.environ['DAPR_HEALTH_TIMEOUT']} s: "
+            "start one with `dapr run`, or point DAPR_HTTP_PORT and DAPR_GRPC_PORT at yours",
+        ) from exc
 
 
 def _progress(label: str):
@@ -183,7 +208,7 @@ def _announce(kind: str, name: str, version: int) -> None:
     try:
         with DaprClient() as client:
             client.publish_event(
-                serve.pubsub,
+                serve.updates_pubsub,
                 serve.updates_topic,
                 json.dumps({"kind": kind, "name": name, "version": version}),
                 data_content_type="application/json",
@@ -272,7 +297,7 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
 
     query = tuple((k, str(v)) for k, v in (("model", args.model), ("top_k", args.top_k)) if v is not None)
     failed = 0
-    with DaprClient() as client:
+    with _sidecar(DaprClient) as client:
         for image in args.images:
             try:
                 response = client.invoke_method(
@@ -284,28 +309,84 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
                     http_querystring=query or None,
                 )
                 print(json.dumps({"image": str(image), **json.loads(response.data)}))
-            except Exception as exc:  # the sidecar's HTTP error carries the service's JSON error
+            except Exception as exc:  # one line per failed image, then the next image
                 failed += 1
-                print(f"classifier: {image}: {exc}", file=sys.stderr)
+                print(f"classifier: {image}: {_invocation_error(exc)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _invocation_error(exc: Exception) -> str:
+    """A failed invocation in one line: the service's error code (the ErrorInfo reason in the
+    status daprd passes on) and message, or daprd's own error code when the call never got
+    an answer from the service."""
+    import grpc
+    from dapr.clients.exceptions import DaprHttpError
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    if isinstance(exc, DaprHttpError):  # daprd's HTTP API: the status as JSON
+        try:
+            body = json.loads(exc.raw_response_bytes or b"{}")
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        details = body.get("details") if isinstance(body.get("details"), list) else []
+        reasons = [
+            str(d.get("reason"))
+            for d in details
+            if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.ErrorInfo")
+        ]
+        code = reasons[0].lower() if reasons else str(body.get("errorCode") or "error")
+        return f"{code} (HTTP {exc.status_code}): {body.get('message') or exc.message}"
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):  # DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        code = exc.code().name.lower()
+        for detail in status.details if status is not None else ():
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                code = info.reason.lower()
+        return f"{code}: {exc.details()}"
+    if isinstance(exc, ClassifierError):
+        return exc.message
+    return str(exc) or type(exc).__name__
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from dapr.clients import DaprClient
 
     serve = ServeSettings.from_env()
-    with DaprClient(max_grpc_message_length=serve.max_message_bytes) as client:
+    failed = 0
+    with _sidecar(lambda: DaprClient(max_grpc_message_length=serve.max_message_bytes)) as client:
         for image in args.images:
             body: dict[str, object] = {"image_base64": base64.b64encode(_read(image)).decode()}
             if args.model:
                 body["model"] = args.model
             if args.top_k:
                 body["top_k"] = args.top_k
-            client.publish_event(
-                serve.pubsub, serve.images_topic, json.dumps(body), data_content_type="application/json"
-            )
-            print(f"published {image} to {serve.pubsub}/{serve.images_topic}")
-    return 0
+            # The event id is the result's correlation_id: choose it, so the caller knows it.
+            event_id = str(uuid.uuid4())
+            try:
+                client.publish_event(
+                    serve.pubsub,
+                    serve.images_topic,
+                    json.dumps(body),
+                    data_content_type="application/json",
+                    publish_metadata={"cloudevent.id": event_id},
+                )
+            except Exception as exc:  # one line per failed image, then the next image
+                failed += 1
+                print(f"classifier: {image}: not published: {_rpc_error(exc)}", file=sys.stderr)
+                continue
+            print(f"published {image} to {serve.pubsub}/{serve.images_topic} as event {event_id}")
+    return 1 if failed else 0
+
+
+def _rpc_error(exc: Exception) -> str:
+    """A failed gRPC call to the sidecar (the SDK's DaprGrpcError, a grpc.RpcError) in one line."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"{getattr(code(), 'name', code()).lower()}: {details()}"
+    return str(exc) or type(exc).__name__
 
 
 def _classify(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,6 +2,7 @@
 
     python -m bench            # the full run: a table on stdout, bench/out/results.json, bench/out/bench.png
     python -m bench --smoke    # a few requests per case (CI): checks the benchmark works, measures nothing
+    python -m bench --no-daprd # without the cases through a real daprd (no Redis, no daprd install)
 
 Cases, for each workload (model + image):
   native         Pillow decode+resize (the service's own decode_rgb) + LiteRT invoke, in this process
@@ -9,6 +10,11 @@ Cases, for each workload (model + image):
   service        `classifier serve` on the embedded store, driven over gRPC OnInvoke as daprd does,
                  sequential (c=1) and with 2, 4 and 8 concurrent clients
   native threads one interpreter per core in threads: the throughput floor for the service
+  app direct     `classifier serve` behind a real daprd (Redis state store, bench/sidecar.py), called
+                 over gRPC OnInvoke straight to its port, as daprd calls it
+  daprd http     the same app through daprd's HTTP invoke API (keep-alive http.client)
+  daprd grpc     the same app through daprd's gRPC API (InvokeService on the raw stub)
+                 these three at c=1 and at c=<cores>; the sidecar hop is daprd minus app direct
   cold start     process start -> healthy -> first response, empty and warm compiled-module cache
 The wasm overhead per request (Store + instantiate + every host call, minus decode and invoke)
 comes from timings the host takes itself (GuestResult.elapsed_s, GuestCall.host_seconds).
@@ -48,6 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TOP_K = 5
 CONCURRENCY = (2, 4, 8)
+# The sidecar cases: sequential, and at the core count, beyond which the service's throughput
+# stays flat (docs/performance.md, "Scaling").
+SIDECAR_CONCURRENCY = (1, os.cpu_count() or 2)
+SIDECAR_CASES = ("app direct", "daprd http", "daprd grpc")
 
 
 @dataclass(frozen=True)
@@ -215,7 +225,7 @@ def cold_start(
     return {"healthy_s": healthy, "first_response_s": first, "rss_mib": rss, "exit_code": code}
 
 
-def run(smoke: bool, rounds: int, per_round: int, out_dir: Path) -> dict:
+def run(smoke: bool, rounds: int, per_round: int, out_dir: Path, daprd: bool = True) -> dict:
     if smoke:
         rounds, per_round = 1, 3
     work = Path(tempfile.mkdtemp(prefix="classifier-bench-"))
@@ -225,18 +235,35 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path) -> dict:
         store.put(workload.name, workload.model.read_bytes())
     classifier = Classifier(Settings(store_dir=store_dir, cache_dir=work / "cache"), store=store)
     service = ServiceClient(store_dir, work / "cache")
-    service.wait_healthy()
     results: dict = {
         "workloads": {},
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
     }
+    sidecar = None
     try:
+        service.wait_healthy()
+        if daprd:
+            sidecar = start_sidecar(work / "dapr")
+            results["sidecar"] = sidecar_info(sidecar)
         for workload in WORKLOADS:
-            results["workloads"][workload.label] = measure(workload, classifier, service, rounds, per_round)
+            results["workloads"][workload.label] = measure(
+                workload, classifier, service, rounds, per_round, sidecar
+            )
         results["service_rss_mib"] = service.rss_mib()
+        if sidecar is not None:
+            results["sidecar"]["floor"] = sidecar_floor(sidecar, 5 if smoke else 300)
+            results["sidecar"].update(
+                app_rss_mib=sidecar.app_rss_mib(),
+                daprd_rss_mib=sidecar.daprd_rss_mib(),
+                http_connections_opened=sidecar.http_connections,
+                http_reconnects=sidecar.http_reconnects,
+                http_response_headers=sidecar.response_headers,
+            )
     finally:
         results["service_exit_code"] = service.close()
         classifier.close()
+        if sidecar is not None:
+            results["sidecar"]["exit_codes"] = sidecar.close()
 
     birds = WORKLOADS[0]
     image = birds.image.read_bytes()
@@ -257,8 +284,80 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path) -> dict:
     return results
 
 
+def start_sidecar(workdir: Path):
+    """Redis, daprd and `classifier serve` with both models, through tests/real_dapr.py."""
+    from tools.dapr import install
+
+    from .sidecar import Sidecar
+
+    install()  # a cached no-op once built
+    return Sidecar(workdir, {w.name: w.model.read_bytes() for w in WORKLOADS}, TOP_K)
+
+
+def sidecar_info(sidecar) -> dict:
+    from tools.dapr import DAPR_RUNTIME_VERSION
+
+    return {
+        "daprd": DAPR_RUNTIME_VERSION,
+        "ready_s": sidecar.ready_s,
+        "clients": {
+            "app direct": "grpc AppCallbackStub.OnInvoke to the app's port (one channel)",
+            "daprd http": "http.client.HTTPConnection per client thread, kept alive, "
+            "POST /v1.0/invoke/image-classifier/method/classify?model=M&top_k=5, raw bytes",
+            "daprd grpc": "raw dapr_pb2_grpc.DaprStub.InvokeService (one channel), "
+            "the image in InvokeRequest.data (an Any), not the SDK's DaprClient",
+        },
+        "body": "the raw image, content type application/octet-stream, model and top_k in the query",
+    }
+
+
+def sidecar_floor(sidecar, calls: int) -> dict:
+    """The hop without the work: the `models` method (no guest run; it ignores the body),
+    with an empty body and with the birds image, the three clients taking turns."""
+    image = WORKLOADS[0].image.read_bytes()
+    clients = {
+        "app direct": sidecar.call_direct,
+        "daprd http": sidecar.call_http,
+        "daprd grpc": sidecar.call_grpc,
+    }
+    floor = {}
+    for body_name, body in (("empty body", b""), (f"{len(image)} B body", image)):
+        samples: dict[str, list[float]] = defaultdict(list)
+        for call in clients.values():  # warm
+            json.loads(call("models", body))
+        for _ in range(calls):
+            for name, call in clients.items():
+                samples[name].append(timed(lambda call=call, body=body: call("models", body)))
+        cases = {name: percentiles(values) for name, values in samples.items()}
+        floor[body_name] = {
+            "cases": cases,
+            "hop_ms": {api: hop(samples[f"daprd {api}"], samples["app direct"]) for api in ("http", "grpc")},
+        }
+    return floor
+
+
+def hop(via: list[float], direct: list[float]) -> dict:
+    """Through daprd minus direct: the difference of the percentiles, and (the clients take
+    turns request by request) the percentiles of the paired differences."""
+    via_ms, direct_ms = np.array(via) * 1000, np.array(direct) * 1000
+    result = {
+        "p50_ms": float(np.percentile(via_ms, 50) - np.percentile(direct_ms, 50)),
+        "p99_ms": float(np.percentile(via_ms, 99) - np.percentile(direct_ms, 99)),
+    }
+    if len(via_ms) == len(direct_ms):
+        paired = via_ms - direct_ms
+        result["paired_p50_ms"] = float(np.percentile(paired, 50))
+        result["paired_p99_ms"] = float(np.percentile(paired, 99))
+    return result
+
+
 def measure(
-    workload: Workload, classifier: Classifier, service: ServiceClient, rounds: int, per_round: int
+    workload: Workload,
+    classifier: Classifier,
+    service: ServiceClient,
+    rounds: int,
+    per_round: int,
+    sidecar=None,
 ) -> dict:
     image = workload.image.read_bytes()
     native = Native(workload)
@@ -270,9 +369,19 @@ def measure(
     def by_service() -> object:
         return service.invoke(image, workload.name)
 
+    through: dict[str, Callable[[], object]] = {}
+    if sidecar is not None:
+        through = {
+            "app direct": lambda: sidecar.direct(image, workload.name),
+            "daprd http": lambda: sidecar.http(image, workload.name),
+            "daprd grpc": lambda: sidecar.grpc(image, workload.name),
+        }
+
     for _ in range(3):  # warm every path
         native.classify(), by_guest(), by_service()
-    check_same_answer(native, classifier, service, workload, image)
+        for call in through.values():
+            call()
+    check_same_answer(native, classifier, service, workload, image, through)
 
     latencies: dict[str, list[float]] = defaultdict(list)
     throughput: dict[str, list[float]] = defaultdict(list)
@@ -291,7 +400,34 @@ def measure(
             lat, rate = concurrent(by_service, clients, per_round)
             latencies[f"service c={clients}"] += lat
             throughput[f"service c={clients}"].append(rate)
+        if through:
+            sidecar_round(through, per_round, latencies, throughput)
     return summarise(latencies, throughput, overhead)
+
+
+def sidecar_round(
+    through: dict[str, Callable[[], object]],
+    per_round: int,
+    latencies: dict[str, list[float]],
+    throughput: dict[str, list[float]],
+) -> None:
+    """Sequential: the three clients take turns request by request, so the hop is measured
+    against the same app under the same load; then each with `clients` threads."""
+    spent: dict[str, float] = defaultdict(float)
+    for _ in range(per_round):
+        for name, call in through.items():
+            took = timed(call)
+            latencies[f"{name} c=1"].append(took)
+            spent[name] += took
+    for name in through:
+        throughput[f"{name} c=1"].append(per_round / spent[name])
+    for clients in SIDECAR_CONCURRENCY:
+        if clients == 1:
+            continue
+        for name, call in through.items():
+            lat, rate = concurrent(call, clients, per_round)
+            latencies[f"{name} c={clients}"] += lat
+            throughput[f"{name} c={clients}"].append(rate)
 
 
 def concurrent_natives(natives: list[Native], per_round: int) -> tuple[list[float], float]:
@@ -308,12 +444,21 @@ def concurrent_natives(natives: list[Native], per_round: int) -> tuple[list[floa
 
 
 def check_same_answer(
-    native: Native, classifier: Classifier, service: ServiceClient, workload: Workload, image: bytes
+    native: Native,
+    classifier: Classifier,
+    service: ServiceClient,
+    workload: Workload,
+    image: bytes,
+    through: dict[str, Callable[[], object]],
 ):
     """Every case must do the same work: the same top-1."""
     top1 = native.classify()[0][0]
     assert classifier.classify(image, workload.name, TOP_K)["predictions"][0]["index"] == top1
     assert service.invoke(image, workload.name)["predictions"][0]["index"] == top1
+    for name, call in through.items():
+        answer = call()
+        assert answer["predictions"][0]["index"] == top1, (name, answer)
+        assert answer["model"] == workload.name, (name, answer)
 
 
 def summarise(
@@ -325,8 +470,20 @@ def summarise(
         case["ratio_p50_to_native"] = case["p50_ms"] / native_p50
         if name in throughput:
             case["requests_per_s"] = statistics.median(throughput[name])
+    hops = {}
+    for clients in SIDECAR_CONCURRENCY:
+        direct = latencies.get(f"app direct c={clients}")
+        for api in ("http", "grpc"):
+            via = latencies.get(f"daprd {api} c={clients}")
+            if direct and via:
+                result = hop(via, direct)
+                if clients != 1:  # concurrent requests do not pair up
+                    result = {k: v for k, v in result.items() if not k.startswith("paired")}
+                hops[f"{api} c={clients}"] = result
     return {
         "cases": cases,
+        # through daprd minus direct OnInvoke to the same app (see `hop`)
+        "sidecar_hop_ms": hops,
         "wasm_overhead_ms": {
             "p50": float(np.percentile(overhead, 50) * 1000),
             "p90": float(np.percentile(overhead, 90) * 1000),
@@ -378,18 +535,27 @@ def target(workload: str, what: str, value: float, op: str, limit: float) -> dic
 def print_table(results: dict) -> None:
     for label, workload in results["workloads"].items():
         print(f"\n{label}")
-        print(f"  {'case':<16}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'req/s':>9}{'x native p50':>14}")
+        print(f"  {'case':<18}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'req/s':>9}{'x native p50':>14}")
         for name, case in workload["cases"].items():
             rate = f"{case['requests_per_s']:9.1f}" if "requests_per_s" in case else " " * 9
             print(
-                f"  {name:<16}{case['p50_ms']:9.2f}{case['p90_ms']:9.2f}{case['p99_ms']:9.2f}{rate}"
+                f"  {name:<18}{case['p50_ms']:9.2f}{case['p90_ms']:9.2f}{case['p99_ms']:9.2f}{rate}"
                 f"{case['ratio_p50_to_native']:14.3f}"
             )
+        for name, hop in workload.get("sidecar_hop_ms", {}).items():
+            print(f"  sidecar hop, daprd {name} - app direct: {hop_text(hop)}")
         overhead = workload["wasm_overhead_ms"]
         print(
             "  wasm overhead per request (host timings): "
             f"p50 {overhead['p50']:.3f} ms, p90 {overhead['p90']:.3f} ms"
         )
+    floor = results.get("sidecar", {}).get("floor", {})
+    for body, measured in floor.items():
+        print(f"\nsidecar floor: the `models` method, {body}")
+        for name, case in measured["cases"].items():
+            print(f"  {name:<18}{case['p50_ms']:9.2f}{case['p90_ms']:9.2f}{case['p99_ms']:9.2f}")
+        for api, hop in measured["hop_ms"].items():
+            print(f"  sidecar hop, daprd {api} - app direct: {hop_text(hop)}")
     print("\ncold start (aiy_birds_v1; medians)")
     for case, values in results["cold_start"].items():
         print(
@@ -400,6 +566,13 @@ def print_table(results: dict) -> None:
     for row in results["targets"]:
         mark = "met" if row["met"] else "NOT met"
         print(f"  {row['workload'][:26]:<28}{row['target']:<46}{row['value']:>9} {row['limit']:<8} {mark}")
+
+
+def hop_text(hop: dict) -> str:
+    text = f"p50 {hop['p50_ms']:+.2f} ms, p99 {hop['p99_ms']:+.2f} ms"
+    if "paired_p50_ms" in hop:
+        text += f" (paired: p50 {hop['paired_p50_ms']:+.2f}, p99 {hop['paired_p99_ms']:+.2f})"
+    return text
 
 
 def plot(results: dict, path: Path) -> None:
@@ -424,6 +597,15 @@ def plot(results: dict, path: Path) -> None:
         axis.plot(
             levels, [cases[f"service c={c}"]["requests_per_s"] for c in levels], marker="o", label="service"
         )
+        for name in SIDECAR_CASES:
+            if f"{name} c=1" in cases:
+                axis.plot(
+                    SIDECAR_CONCURRENCY,
+                    [cases[f"{name} c={c}"]["requests_per_s"] for c in SIDECAR_CONCURRENCY],
+                    marker="s",
+                    linestyle=":",
+                    label=name,
+                )
         axis.axhline(
             cases["native threads"]["requests_per_s"], color="grey", linestyle="--", label="native threads"
         )
@@ -442,10 +624,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     parser.add_argument("--per-round", type=int, default=20, help="requests per case per round (default 20)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument(
+        "--no-daprd", action="store_true", help="skip the cases through a real daprd (and its Redis)"
+    )
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
-    results = run(args.smoke, args.rounds, args.per_round, args.out)
+    results = run(args.smoke, args.rounds, args.per_round, args.out, daprd=not args.no_daprd)
     results["machine"]["load_average_at_start"] = load
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results)
     print(f"\nload average at start {load:.2f}; results in {args.out}/results.json and {args.out}/bench.png")

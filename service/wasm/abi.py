@@ -5,15 +5,20 @@ wasm boundary (wasmtime-py passes those through a global), with a note saying wh
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TypeVar
 
 import wasmtime
 
+from ..imaging import ImageError
 from ..inference.model import InferenceError, InferenceErrorKind
 from . import call as guest_call
 from .memory import GuestMemory, GuestMemoryError, MissingMemory
+
+T = TypeVar("T")
 
 
 class AbiFailure(Exception):
@@ -38,11 +43,29 @@ class Errnos:
 HostFunction = Callable[..., None]
 
 
-def errno_function(label: str, errnos: Errnos) -> Callable[[HostFunction], Callable[..., int]]:
-    """Decorate `f(memory, call, *u32 args)`; the wasm import returns its errno as an i32."""
+def timed_decode(call: guest_call.GuestCall, failure: IntEnum, decode: Callable[[], T]) -> T:
+    """Host-side image decoding for a guest: refused past the deadline, its time counted as
+    `decode`, an ImageError turned into the ABI's `failure` errno."""
+    if call.past_deadline():
+        raise AbiFailure(failure, "deadline exceeded")
+    started = time.perf_counter()
+    try:
+        return decode()
+    except ImageError as exc:
+        raise AbiFailure(failure, str(exc)) from exc
+    finally:
+        call.add_host_time("decode", time.perf_counter() - started)
+
+
+def errno_function(
+    label: str, errnos: Errnos, name: str | None = None
+) -> Callable[[HostFunction], Callable[..., int]]:
+    """Decorate `f(memory, call, *u32 args)`; the wasm import returns its errno as an i32.
+    Notes name the function `label name` (name: the function's own, without `plugin_`)."""
 
     def decorate(function: HostFunction) -> Callable[..., int]:
-        name = f"{label} {function.__name__.removeprefix('plugin_')}"
+        function_name = name or function.__name__.removeprefix("plugin_")
+        note_name = f"{label} {function_name}" if label else function_name
 
         @functools.wraps(function)
         def host_function(caller: wasmtime.Caller, *args: int) -> int:
@@ -64,9 +87,10 @@ def errno_function(label: str, errnos: Errnos) -> Callable[[HostFunction], Calla
                 errno, message = errnos.inference[exc.kind], str(exc)
             except Exception as exc:  # a host bug must not become a trap with a stray exception
                 errno, message = errnos.runtime, f"{type(exc).__name__}: {exc}"
-            call.note(f"{name}: {message} (errno {errno.value} {errno.name.lower()})")
+            call.note(f"{note_name}: {message} (errno {errno.value} {errno.name.lower()})")
             return errno
 
+        host_function.__name__ = function_name
         return host_function
 
     return decorate

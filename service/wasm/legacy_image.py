@@ -16,18 +16,18 @@ without writing anything.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 import wasmtime
 
-from ..imaging import ImageError, decode_full_rgb, resize_align_corners
+from ..imaging import decode_full_rgb, resize_align_corners
 from . import call as guest_call
-from .memory import GuestMemory, GuestMemoryError, MissingMemory
+from .abi import Errnos, errno_function, timed_decode
+from .image import ImageErrno
+from .memory import GuestMemory
 
 MODULE = "wasmedge_image"
-SUCCESS, FAIL = 0, 1
 
 _FORMATS = {"jpg": ("JPEG",), "png": ("PNG",)}
 
@@ -42,41 +42,38 @@ def _encode(pixels: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(pixels).reshape(-1)
 
 
+ERRNOS = Errnos(
+    success=ImageErrno.SUCCESS,
+    memory=ImageErrno.FAIL,
+    runtime=ImageErrno.FAIL,
+    inference={},
+    missing_memory_traps=True,
+)
+
+
 def _loader(name: str, image_format: str, layout: str) -> Callable[..., int]:
     bytes_per_value = 4 if layout.endswith("32f") else 1
 
-    def load(caller: wasmtime.Caller, in_ptr: int, in_len: int, width: int, height: int, out_ptr: int) -> int:
-        call = guest_call.current()
-        # wasmtime passes i32 as signed; every value in this ABI is a u32.
-        in_ptr, in_len, width, height, out_ptr = (
-            arg & 0xFFFFFFFF for arg in (in_ptr, in_len, width, height, out_ptr)
-        )
-        try:
-            memory = GuestMemory(caller)
-            encoded = memory.view(in_ptr, in_len)
-            out = memory.view(out_ptr, width * height * 3 * bytes_per_value)
-            if call.past_deadline():
-                raise ImageError("deadline exceeded")
-            started = time.perf_counter()
-            try:
-                pixels = decode_full_rgb(
-                    encoded.data, max_pixels=call.limits.max_image_pixels, formats=_FORMATS[image_format]
-                )
-                resized = resize_align_corners(pixels, width, height)
-            finally:
-                call.add_host_time("decode", time.perf_counter() - started)
-            out[:] = _encode(resized, layout)
-            return SUCCESS
-        except (ImageError, GuestMemoryError) as exc:
-            call.note(f"{name}: {exc}")
-            return FAIL
-        except MissingMemory:
-            raise  # a trap, as in WasmEdge
-        except Exception as exc:  # a host bug must not become a trap with a stray exception
-            call.note(f"{name}: {type(exc).__name__}: {exc}")
-            return FAIL
+    @errno_function("", ERRNOS, name)
+    def load(
+        memory: GuestMemory,
+        call: guest_call.GuestCall,
+        in_ptr: int,
+        in_len: int,
+        width: int,
+        height: int,
+        out_ptr: int,
+    ) -> None:
+        encoded = memory.view(in_ptr, in_len)
+        out = memory.view(out_ptr, width * height * 3 * bytes_per_value)
+        max_pixels = call.limits.max_image_pixels
 
-    load.__name__ = name
+        def decode() -> np.ndarray:
+            pixels = decode_full_rgb(encoded.data, max_pixels=max_pixels, formats=_FORMATS[image_format])
+            return resize_align_corners(pixels, width, height)
+
+        out[:] = _encode(timed_decode(call, ImageErrno.FAIL, decode), layout)
+
     return load
 
 

@@ -5,8 +5,9 @@ wasm boundary (wasmtime-py passes those through a global), with a note saying wh
 from __future__ import annotations
 
 import functools
+import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeVar
@@ -91,6 +92,8 @@ def errno_function(
             return errno
 
         host_function.__name__ = function_name
+        # The wasm import's i32 parameters: all of f's but memory and call.
+        host_function.arity = len(inspect.signature(function).parameters) - 2  # type: ignore[attr-defined]
         return host_function
 
     return decorate
@@ -100,10 +103,9 @@ I32 = wasmtime.ValType.i32()
 
 
 def define_errno_functions(
-    linker: wasmtime.Linker, module: str, functions: Mapping[str, tuple[Callable[..., int], int]]
+    linker: wasmtime.Linker, module: str, functions: Iterable[Callable[..., int]]
 ) -> None:
-    """Define `name: (host function, number of i32 parameters)`, each returning an i32 errno."""
-    for name, (function, arity) in functions.items():
-        linker.define_func(
-            module, name, wasmtime.FuncType([I32] * arity, [I32]), function, access_caller=True
-        )
+    """Define each `errno_function` under its name: i32 parameters, an i32 errno."""
+    for function in functions:
+        func_type = wasmtime.FuncType([I32] * function.arity, [I32])  # type: ignore[attr-defined]
+        linker.define_func(module, function.__name__, func_type, function, access_caller=True)

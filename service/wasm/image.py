@@ -17,7 +17,7 @@ import wasmtime
 
 from ..imaging import decode_rgb
 from . import call as guest_call
-from .abi import AbiFailure, Errnos, errno_function, timed_decode
+from .abi import AbiFailure, Errnos, define_errno_functions, errno_function, timed_decode
 from .memory import GuestMemory
 
 MODULE = "wasmedge_image"
@@ -89,14 +89,8 @@ def _loader(name: str, formats: tuple[str, ...] | None) -> Callable[..., int]:
 
 _I32 = wasmtime.ValType.i32()
 
-FUNCTIONS: dict[str, Callable[..., int]] = {
-    "load_jpg": _loader("load_jpg", ("JPEG",)),
-    "load_png": _loader("load_png", ("PNG",)),
-    "load_image": _loader("load_image", None),
-}
+FUNCTIONS = (_loader("load_jpg", ("JPEG",)), _loader("load_png", ("PNG",)), _loader("load_image", None))
 
 
 def define(linker: wasmtime.Linker) -> None:
-    func_type = wasmtime.FuncType([_I32] * 7, [_I32])
-    for name, function in FUNCTIONS.items():
-        linker.define_func(MODULE, name, func_type, function, access_caller=True)
+    define_errno_functions(linker, MODULE, FUNCTIONS)

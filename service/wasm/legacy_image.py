@@ -23,8 +23,8 @@ import wasmtime
 
 from ..imaging import decode_full_rgb, resize_align_corners
 from . import call as guest_call
-from .abi import Errnos, errno_function, timed_decode
-from .image import ImageErrno
+from .abi import define_errno_functions, errno_function, timed_decode
+from .image import ERRNOS, ImageErrno
 from .memory import GuestMemory
 
 MODULE = "wasmedge_image"
@@ -40,15 +40,6 @@ def _encode(pixels: np.ndarray, layout: str) -> np.ndarray:
         # Divided in double, stored as float, as WasmEdge does.
         return (pixels / 255.0).astype("<f4").reshape(-1).view(np.uint8)
     return np.ascontiguousarray(pixels).reshape(-1)
-
-
-ERRNOS = Errnos(
-    success=ImageErrno.SUCCESS,
-    memory=ImageErrno.FAIL,
-    runtime=ImageErrno.FAIL,
-    inference={},
-    missing_memory_traps=True,
-)
 
 
 def _loader(name: str, image_format: str, layout: str) -> Callable[..., int]:
@@ -77,18 +68,12 @@ def _loader(name: str, image_format: str, layout: str) -> Callable[..., int]:
     return load
 
 
-_I32 = wasmtime.ValType.i32()
-
-FUNCTIONS: dict[str, Callable[..., int]] = {
-    f"wasmedge_image_load_{image_format}_to_{layout}": _loader(
-        f"wasmedge_image_load_{image_format}_to_{layout}", image_format, layout
-    )
+FUNCTIONS = tuple(
+    _loader(f"wasmedge_image_load_{image_format}_to_{layout}", image_format, layout)
     for image_format in ("jpg", "png")
     for layout in ("rgb8", "bgr8", "rgb32f", "bgr32f")
-}
+)
 
 
 def define(linker: wasmtime.Linker) -> None:
-    func_type = wasmtime.FuncType([_I32] * 5, [_I32])
-    for name, function in FUNCTIONS.items():
-        linker.define_func(MODULE, name, func_type, function, access_caller=True)
+    define_errno_functions(linker, MODULE, FUNCTIONS)

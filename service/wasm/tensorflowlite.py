@@ -461,16 +461,15 @@ LEGACY_FUNCTIONS: dict[
     f"{LEGACY_PREFIX}delete_session": (delete_session, [_I64], []),
 }
 
-PLUGIN_FUNCTIONS: dict[str, tuple[Callable[..., int], int]] = {
-    # name: (host function, number of i32 parameters); every one returns an i32 errno
-    "create_session": (plugin_create_session, 3),
-    "delete_session": (plugin_delete_session, 1),
-    "run_session": (plugin_run_session, 1),
-    "append_input": (plugin_append_input, 5),
-    "get_output_tensor": (plugin_get_output_tensor, 4),
-    "get_tensor_len": (plugin_get_tensor_len, 3),
-    "get_tensor_data": (plugin_get_tensor_data, 5),
-}
+PLUGIN_FUNCTIONS = (
+    plugin_create_session,
+    plugin_delete_session,
+    plugin_run_session,
+    plugin_append_input,
+    plugin_get_output_tensor,
+    plugin_get_tensor_len,
+    plugin_get_tensor_data,
+)
 
 
 def define(linker: wasmtime.Linker) -> None:

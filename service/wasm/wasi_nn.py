@@ -9,7 +9,6 @@ own handle tables (`NnContext`). Every failure is an errno (service/wasm/abi.py)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -308,18 +307,17 @@ def finalize_execution_context(memory: GuestMemory, call: guest_call.GuestCall, 
     _nn(call).contexts.remove(context)
 
 
-FUNCTIONS: dict[str, tuple[Callable[..., int], int]] = {
-    # name: (host function, number of i32 parameters); every one returns an i32 errno
-    "load": (load, 5),
-    "load_by_name": (load_by_name, 3),
-    "load_by_name_with_config": (load_by_name_with_config, 5),
-    "init_execution_context": (init_execution_context, 2),
-    "set_input": (set_input, 3),
-    "compute": (compute, 1),
-    "get_output": (get_output, 5),
-    "unload": (unload, 1),
-    "finalize_execution_context": (finalize_execution_context, 1),
-}
+FUNCTIONS = (
+    load,
+    load_by_name,
+    load_by_name_with_config,
+    init_execution_context,
+    set_input,
+    compute,
+    get_output,
+    unload,
+    finalize_execution_context,
+)
 
 
 def define(linker: wasmtime.Linker) -> None:

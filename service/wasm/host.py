@@ -87,6 +87,11 @@ class _CappedOutput:
         return b"".join(self.chunks)
 
 
+# Every host ABI a guest may import, defined on the shared Linker after WASI (wasi_poll
+# replaces WASI's poll_oneoff: sleeps bounded by the deadline).
+HOST_MODULES = (wasi_poll, wasi_nn, image, legacy_image, tensorflowlite, tensorflow)
+
+
 class _EpochTicker:
     """Advances the engine's epoch every tick, so deadlines fire while wasm runs
     (wasm execution releases the GIL; signals cannot interrupt it)."""
@@ -128,12 +133,8 @@ class WasmHost:
         self.cache_dir = cache_dir
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
-        wasi_poll.define(self.linker)  # sleeps bounded by the deadline
-        wasi_nn.define(self.linker)
-        image.define(self.linker)
-        legacy_image.define(self.linker)
-        tensorflowlite.define(self.linker)
-        tensorflow.define(self.linker)
+        for host_module in HOST_MODULES:
+            host_module.define(self.linker)
         self._guests: dict[str, Guest] = {}
         self._lock = threading.Lock()
         self._ticker = _EpochTicker(self.engine, EPOCH_TICK_S)

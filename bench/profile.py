@@ -35,9 +35,9 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 
 from service.config import Settings
+from service.default_guest import MODEL_DIR_IN_GUEST
 from service.demo import invoke_request
 from service.pipeline import Classifier
-from service.registry import MODEL_DIR_IN_GUEST
 from service.stores.local import LocalStore
 from service.wasm.call import GuestCall
 from service.wasm.host import Guest, Preopen

@@ -45,10 +45,8 @@ from service.demo import invoke_request, start_serve, stop_serve, wait_healthy
 from service.imaging import decode_rgb
 from service.inference.litert import new_interpreter
 from service.pipeline import Classifier
-from service.registry import MODEL_DIR_IN_GUEST
 from service.stores.local import LocalStore
 from service.wasm.call import GuestCall
-from service.wasm.host import Preopen
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -178,22 +176,12 @@ def wasm_overhead(classifier: Classifier, workload: Workload, image: bytes, *, l
     """One run of the default guest, timed inside the host: all but decode and invoke
     (`labels=False`: without the labels file, to see what reading it costs)."""
     loaded = classifier.model(workload.name)
-    args = [*loaded.guest_args, "--top-k", str(TOP_K)]
-    if not labels:
-        at = args.index("--labels")
-        del args[at : at + 2]
     call = GuestCall(
         limits=classifier.settings.limits,
         named_graphs={loaded.name: loaded.graph},
         graph_cache=classifier.graph_cache,
     )
-    result = classifier.host.run(
-        classifier.guest,
-        args,
-        call=call,
-        stdin=image,
-        preopens=[Preopen(loaded.stored.directory, MODEL_DIR_IN_GUEST)],
-    )
+    result = classifier.run_default_guest(classifier.guest, loaded, image, TOP_K, call, labels=labels)
     assert result.exit_code == 0, result.stderr
     return result.elapsed_s - sum(call.host_seconds.values())
 

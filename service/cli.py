@@ -20,9 +20,9 @@ from typing import TypeVar
 from .config import ServeSettings, Settings
 from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
 from .guest_args import parse_template
+from .inference.backend import load_graph
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
-from .inference.model import Graph
 from .stores.base import Store
 from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
@@ -435,7 +435,7 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
         call = GuestCall(
             limits=replace(settings.limits, timeout_s=args.timeout),
             named_graphs={
-                name: Graph(_read(path), settings.interpreter_threads)
+                name: load_graph(_read(path), num_threads=settings.interpreter_threads)
                 for name, path in map(_parse_preload, args.nn_preload)
             },
             graph_cache=GraphCache(num_threads=settings.interpreter_threads),

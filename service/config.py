@@ -1,32 +1,78 @@
-"""Settings, from the environment (the CLI's flags override them)."""
+"""Settings, parsed once from the environment (the CLI's flags override them).
+
+Each setting is a dataclass field whose default is written once, in the field; `from_env` reads
+the variables that are set, each through a typed parser, and a bad value is a ConfigError naming
+the variable and the value (one line on the command line, no traceback).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from .errors import ConfigError
 from .guest_args import parse_template
-from .imaging import DEFAULT_MAX_PIXELS
 from .wasm.call import GuestLimits
 
 DEFAULT_STORE_DIR = Path(".classifier")
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number (0-65535)")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _read(
+    env: Mapping[str, str], variables: Mapping[str, tuple[str, Callable[[str], Any]]]
+) -> dict[str, Any]:
+    """{field: parsed value} for every variable that is set (and not empty)."""
+    values: dict[str, Any] = {}
+    for name, (variable, parse) in variables.items():
+        text = env.get(variable, "").strip()
+        if not text:
+            continue
+        try:
+            values[name] = parse(text)
+        except ValueError as exc:
+            reason = str(exc) if not str(exc).startswith(("invalid literal", "could not convert")) else ""
+            raise ConfigError(variable, text, reason or "not a number") from None
+    return values
 
 
 @dataclass(frozen=True)
 class Settings:
     store_dir: Path = DEFAULT_STORE_DIR
-    cache_dir: Path | None = None  # compiled guests; default: <store_dir>/cache
+    cache_dir: Path | None = None  # compiled guests and fetched models; default: <store_dir>/cache
     guest: Path | None = None  # business-logic guest; default: the embedded classify.wasm
     guest_args: tuple[str, ...] | None = None  # `guest`'s args template if command-style (guest_args.py)
     interpreter_threads: int = 1  # LiteRT threads per interpreter (workers = cores: 1 is best)
@@ -37,27 +83,38 @@ class Settings:
         return self.cache_dir or self.store_dir / "cache"
 
     @classmethod
-    def from_env(cls) -> Settings:
-        guest = os.environ.get("CLASSIFIER_GUEST")
-        cache = os.environ.get("CLASSIFIER_CACHE_DIR")
-        guest_args = os.environ.get("CLASSIFIER_GUEST_ARGS")
-        return cls(
-            store_dir=Path(os.environ.get("CLASSIFIER_STORE") or DEFAULT_STORE_DIR),
-            cache_dir=Path(cache) if cache else None,
-            guest=Path(guest) if guest and guest.endswith(".wasm") else None,  # else a stored guest's name
-            guest_args=parse_template(guest_args) if guest_args is not None else None,
-            interpreter_threads=_env_int("CLASSIFIER_INTERPRETER_THREADS", 1),
-            limits=GuestLimits(
-                timeout_s=_env_float("CLASSIFIER_TIMEOUT_S", 10.0),
-                memory_bytes=_env_int("CLASSIFIER_MAX_MEMORY_MB", 256) << 20,
-                output_bytes=_env_int("CLASSIFIER_MAX_OUTPUT_KB", 1024) << 10,
-                max_image_pixels=_env_int("CLASSIFIER_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS),
-            ),
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values = _read(
+            env,
+            {
+                "store_dir": ("CLASSIFIER_STORE", Path),
+                "cache_dir": ("CLASSIFIER_CACHE_DIR", Path),
+                "guest": ("CLASSIFIER_GUEST", _guest_file),
+                "interpreter_threads": ("CLASSIFIER_INTERPRETER_THREADS", _positive_int),
+            },
         )
+        if env.get("CLASSIFIER_GUEST_ARGS") is not None:
+            values["guest_args"] = parse_template(env["CLASSIFIER_GUEST_ARGS"])
+        limits = _read(
+            env,
+            {
+                "timeout_s": ("CLASSIFIER_TIMEOUT_S", _positive_float),
+                "memory_bytes": ("CLASSIFIER_MAX_MEMORY_MB", lambda t: _positive_int(t) << 20),
+                "output_bytes": ("CLASSIFIER_MAX_OUTPUT_KB", lambda t: _positive_int(t) << 10),
+                "max_image_pixels": ("CLASSIFIER_MAX_IMAGE_PIXELS", _positive_int),
+            },
+        )
+        return cls(**values, limits=replace(GuestLimits(), **limits))
 
 
-def _env_list(name: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+def _guest_file(text: str) -> Path | None:
+    """CLASSIFIER_GUEST names a .wasm file (Settings) or a guest in the store (ServeSettings)."""
+    return Path(text) if text.endswith(".wasm") else None
+
+
+def _stored_guest_name(text: str) -> str | None:
+    return None if text.endswith(".wasm") else text
 
 
 @dataclass(frozen=True)
@@ -87,29 +144,30 @@ class ServeSettings:
     image_url_allowlist: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls) -> ServeSettings:
-        return cls(
-            port=_env_int("APP_PORT", 50051),
-            listen_address=os.environ.get("CLASSIFIER_LISTEN_ADDRESS") or "127.0.0.1",
-            max_message_bytes=_env_int("CLASSIFIER_MAX_MESSAGE_MB", 16) << 20,
-            workers=_env_int("CLASSIFIER_WORKERS", os.cpu_count() or 2),
-            dapr=bool(os.environ.get("DAPR_GRPC_PORT") or os.environ.get("DAPR_GRPC_ENDPOINT")),
-            state_store=os.environ.get("CLASSIFIER_STATE_STORE") or "statestore",
-            pubsub=os.environ.get("CLASSIFIER_PUBSUB") or "pubsub",
-            images_topic=os.environ.get("CLASSIFIER_IMAGES_TOPIC") or "images",
-            results_topic=os.environ.get("CLASSIFIER_RESULTS_TOPIC") or "classifications",
-            dead_letter_topic=os.environ.get("CLASSIFIER_DEAD_LETTER_TOPIC") or "images-deadletter",
-            updates_topic=os.environ.get("CLASSIFIER_UPDATES_TOPIC") or "model-updates",
-            updates_pubsub=os.environ.get("CLASSIFIER_UPDATES_PUBSUB") or "updates",
-            models=_env_list("CLASSIFIER_MODELS"),
-            default_model=os.environ.get("CLASSIFIER_DEFAULT_MODEL") or None,
-            guest_name=_stored_guest_name(os.environ.get("CLASSIFIER_GUEST")),
-            poll_s=_env_float("CLASSIFIER_POLL_S", 10.0),
-            shutdown_grace_s=_env_float("CLASSIFIER_SHUTDOWN_GRACE_S", 10.0),
-            app_api_token=os.environ.get("APP_API_TOKEN") or None,
-            image_url_allowlist=_env_list("CLASSIFIER_IMAGE_URL_ALLOWLIST"),
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
+        env = os.environ if env is None else env
+        values = _read(
+            env,
+            {
+                "port": ("APP_PORT", _port),
+                "listen_address": ("CLASSIFIER_LISTEN_ADDRESS", str),
+                "max_message_bytes": ("CLASSIFIER_MAX_MESSAGE_MB", lambda t: _positive_int(t) << 20),
+                "workers": ("CLASSIFIER_WORKERS", _positive_int),
+                "state_store": ("CLASSIFIER_STATE_STORE", str),
+                "pubsub": ("CLASSIFIER_PUBSUB", str),
+                "images_topic": ("CLASSIFIER_IMAGES_TOPIC", str),
+                "results_topic": ("CLASSIFIER_RESULTS_TOPIC", str),
+                "dead_letter_topic": ("CLASSIFIER_DEAD_LETTER_TOPIC", str),
+                "updates_topic": ("CLASSIFIER_UPDATES_TOPIC", str),
+                "updates_pubsub": ("CLASSIFIER_UPDATES_PUBSUB", str),
+                "models": ("CLASSIFIER_MODELS", _names),
+                "default_model": ("CLASSIFIER_DEFAULT_MODEL", str),
+                "guest_name": ("CLASSIFIER_GUEST", _stored_guest_name),
+                "poll_s": ("CLASSIFIER_POLL_S", _positive_float),
+                "shutdown_grace_s": ("CLASSIFIER_SHUTDOWN_GRACE_S", _non_negative_float),
+                "app_api_token": ("APP_API_TOKEN", str),
+                "image_url_allowlist": ("CLASSIFIER_IMAGE_URL_ALLOWLIST", _names),
+            },
         )
-
-
-def _stored_guest_name(value: str | None) -> str | None:
-    return value if value and not value.endswith(".wasm") else None
+        values["dapr"] = bool(env.get("DAPR_GRPC_PORT") or env.get("DAPR_GRPC_ENDPOINT"))
+        return cls(**values)

@@ -1,4 +1,10 @@
-"""Errors a request can end with. Each kind maps to one gRPC status at the Dapr edge."""
+"""The service's errors: one base class, `ClassifierError`, whose kind says what the caller is told.
+
+Each kind maps to one gRPC status at the Dapr edge (service/edge/calls.py, the one place), to an
+exit code and one line on the command line, and to DROP or RETRY for a pub/sub event. Failures of
+the layers below (inference, guest memory, the wasm ABIs) are turned into a kind where they are
+caught; nothing else reaches a caller.
+"""
 
 from __future__ import annotations
 
@@ -33,3 +39,11 @@ def invalid_argument(message: str) -> ClassifierError:
 
 def not_found(message: str) -> ClassifierError:
     return ClassifierError(ErrorKind.NOT_FOUND, message)
+
+
+class ConfigError(ClassifierError):
+    """A setting with a value that cannot be used: names the variable and the value."""
+
+    def __init__(self, variable: str, value: str, reason: str) -> None:
+        super().__init__(ErrorKind.INVALID_ARGUMENT, f"{variable}={value!r}: {reason}")
+        self.variable = variable

@@ -5,8 +5,15 @@ guest, and the model registry (each model a graph with its interpreter pools). A
 request gets its own GuestCall, which sees only the model it asked for, at the version
 that was active when it started.
 
-The guest is called one of two ways. The default interface (the built-in guest's): the
-model's spec as arguments, the image on stdin. A command-style guest (one written for
+A request runs through named stages, each timed (in the spirit of KServe's preprocess /
+predict / postprocess): `admit` (pick the model, check the request), `guest` (the wasm
+run, less the host work it asked for), `decode` and `inference` (that host work: image
+decoding and model invocation), `respond` (the guest's output into a response). The
+`Outcome` of a run carries the response or the error, and the timings, for the edge,
+metrics, logs and the benchmark to read.
+
+The guest is called one of two ways. The default interface (the built-in guest's,
+default_guest.py): the model's spec as arguments, the image on stdin. A command-style guest (one written for
 WasmEdge) has an args template instead (guest_args.py): it gets the model by path, the
 image on stdin and, if its template asks, as a file in a per-request read-only
 directory. Either way its stdout is the response: a JSON object as it is, other text
@@ -19,36 +26,67 @@ import json
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
-from importlib.resources import as_file, files
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import guest_args
+from . import default_guest, guest_args
 from .config import Settings
+from .default_guest import MODEL_DIR_IN_GUEST, Exit
 from .errors import ClassifierError, ErrorKind, invalid_argument
 from .imaging import image_extension
 from .inference.cache import GraphCache
-from .registry import MODEL_DIR_IN_GUEST, LoadedModel, ModelRegistry
+from .registry import LoadedModel, ModelRegistry
 from .stores.base import MODEL_FILE, Store
 from .stores.local import LocalStore
 from .wasm.call import GuestCall
 from .wasm.host import Guest, GuestResult, Preopen, WasmHost
 
 DEFAULT_TOP_K = 5
-
-# Exit codes of the default guest (sysexits.h), and what they mean for the caller.
-EXIT_BAD_IMAGE = 65
-EXIT_MODEL_NOT_FOUND = 66
+STAGES = ("admit", "guest", "decode", "inference", "respond")
 
 # A failed guest whose memory is this close to its cap is taken to have run out of memory:
 # a few large allocations' worth (the default guest grows its buffers by doubling).
 MEMORY_HEADROOM = 2 << 20
 
 
-def default_guest_bytes() -> bytes:
-    with as_file(files("service.guests") / "classify.wasm") as path:
-        return Path(path).read_bytes()
+@dataclass
+class Outcome:
+    """How one request went: its response or its error, and the seconds spent in each stage."""
+
+    response: dict[str, Any] | None = None
+    error: ClassifierError | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
+    version: int = 0
+
+    @property
+    def code(self) -> str:
+        """`ok`, or the error's code (the README's table)."""
+        return "ok" if self.error is None else self.error.kind.value
+
+    def result(self) -> dict[str, Any]:
+        """The response; raises the error."""
+        if self.error is not None:
+            raise self.error
+        assert self.response is not None
+        return self.response
+
+
+class _Stages:
+    """Times consecutive stages of one request into `timings`."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+        self.started = self.mark = time.perf_counter()
+
+    def end(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.mark
+        self.mark = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
 
 
 @dataclass(frozen=True)
@@ -76,7 +114,7 @@ class Classifier:
                 "(CLASSIFIER_GUEST=FILE.wasm); a stored guest keeps its args in the store"
             )
         if guest_wasm is None:
-            guest_wasm = settings.guest.read_bytes() if settings.guest else default_guest_bytes()
+            guest_wasm = settings.guest.read_bytes() if settings.guest else default_guest.guest_bytes()
         self.business = BusinessGuest(self.host.load_guest(guest_wasm, "classify"), settings.guest_args)
 
     @property
@@ -103,8 +141,44 @@ class Classifier:
         self, image: bytes, model: str, top_k: int = DEFAULT_TOP_K, timeout_s: float | None = None
     ) -> dict[str, Any]:
         """Classify one image; `timeout_s` shortens the configured deadline (a caller's own)."""
-        started = time.perf_counter()
-        business = self.business  # one guest for the whole request, even if it is replaced meanwhile
+        return self.run(image, model, top_k, timeout_s).result()
+
+    def run(
+        self, image: bytes, model: str, top_k: int = DEFAULT_TOP_K, timeout_s: float | None = None
+    ) -> Outcome:
+        """Classify one image through the stages; never raises a ClassifierError (the outcome has it)."""
+        outcome = Outcome(model=model)
+        stages = _Stages(outcome.timings)
+        try:
+            business = self.business  # one guest for the whole request, even if it is replaced meanwhile
+            loaded, call = self._admit(image, model, top_k, timeout_s)
+            outcome.model, outcome.version = loaded.name, loaded.version
+            stages.end("admit")
+            if business.args_template is None:
+                result = self.run_default_guest(business.guest, loaded, image, top_k, call)
+            else:
+                result = self._run_command_guest(business, loaded, image, top_k, call)
+            stages.end("guest")
+            host = call.host_seconds
+            outcome.timings["decode"] = host.get("decode", 0.0)
+            outcome.timings["inference"] = host.get("invoke", 0.0)
+            outcome.timings["guest"] -= outcome.timings["decode"] + outcome.timings["inference"]
+            body = _response_body(result)
+            stages.end("respond")
+            outcome.response = {
+                "model": loaded.name,
+                "version": loaded.version,
+                **body,
+                "elapsed_ms": round(stages.total() * 1000, 3),
+            }
+        except ClassifierError as exc:
+            outcome.error = exc
+        outcome.timings["total"] = stages.total()
+        return outcome
+
+    def _admit(
+        self, image: bytes, model: str, top_k: int, timeout_s: float | None
+    ) -> tuple[LoadedModel, GuestCall]:
         loaded = self.model(model)
         num_classes = loaded.stored.manifest.num_classes
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes:
@@ -115,28 +189,27 @@ class Classifier:
         if timeout_s is not None and timeout_s < limits.timeout_s:
             limits = replace(limits, timeout_s=max(timeout_s, 0.0))
         call = GuestCall(
-            limits=limits,
-            named_graphs={loaded.name: loaded.graph},
-            graph_cache=self.graph_cache,
+            limits=limits, named_graphs={loaded.name: loaded.graph}, graph_cache=self.graph_cache
+        )
+        return loaded, call
+
+    def run_default_guest(
+        self,
+        guest: Guest,
+        loaded: LoadedModel,
+        image: bytes,
+        top_k: int,
+        call: GuestCall,
+        *,
+        labels: bool = True,
+    ) -> GuestResult:
+        """A run of a guest with the default interface (`labels=False`: without its labels file)."""
+        labels_path = loaded.stored.labels_path if labels else None
+        args = default_guest.arguments(
+            loaded.name, loaded.stored.manifest.spec, labels_path.name if labels_path else None, top_k
         )
         model_dir = Preopen(loaded.stored.directory, MODEL_DIR_IN_GUEST)
-        if business.args_template is None:
-            result = self.host.run(
-                business.guest,
-                [*loaded.guest_args, "--top-k", str(top_k)],
-                call=call,
-                stdin=image,
-                preopens=[model_dir],
-            )
-        else:
-            result = self._run_command_guest(business, loaded, image, top_k, call, model_dir)
-        body = _response_body(result)
-        return {
-            "model": loaded.name,
-            "version": loaded.version,
-            **body,
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
-        }
+        return self.host.run(guest, args, call=call, stdin=image, preopens=[model_dir])
 
     def _run_command_guest(
         self,
@@ -145,7 +218,6 @@ class Classifier:
         image: bytes,
         top_k: int,
         call: GuestCall,
-        model_dir: Preopen,
     ) -> GuestResult:
         """Run a guest written for WasmEdge: the model by path, the image on stdin and,
         if its args name it, as a file in a read-only directory of its own."""
@@ -157,7 +229,7 @@ class Classifier:
             "model_name": loaded.name,
             "top_k": str(top_k),
         }
-        preopens = [model_dir]
+        preopens = [Preopen(loaded.stored.directory, MODEL_DIR_IN_GUEST)]
         with ExitStack() as cleanup:
             if guest_args.uses(template, "image_path"):
                 image_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="classifier-in-")))
@@ -182,7 +254,11 @@ def _response_body(result: GuestResult) -> dict[str, Any]:
         raise ClassifierError(
             ErrorKind.DEADLINE_EXCEEDED, f"the guest ran past its deadline of {limits.timeout_s:g} s"
         )
-    failed = result.trap is not None or result.exit_code not in (0, EXIT_BAD_IMAGE, EXIT_MODEL_NOT_FOUND)
+    failed = result.trap is not None or result.exit_code not in (
+        Exit.OK,
+        Exit.BAD_IMAGE,
+        Exit.MODEL_NOT_FOUND,
+    )
     if failed and result.memory_bytes + MEMORY_HEADROOM > limits.memory_bytes:
         # memory.grow fails silently at the cap; a guest failing right there ran out of memory.
         ended = (
@@ -194,9 +270,9 @@ def _response_body(result: GuestResult) -> dict[str, Any]:
         )
     if result.trap is not None:
         raise ClassifierError(ErrorKind.GUEST_FAILED, f"the guest trapped: {result.trap}")
-    if result.exit_code == EXIT_BAD_IMAGE:
+    if result.exit_code == Exit.BAD_IMAGE:
         raise invalid_argument(f"the image could not be decoded: {notes or _last_line(result.stderr)}")
-    if result.exit_code == EXIT_MODEL_NOT_FOUND:
+    if result.exit_code == Exit.MODEL_NOT_FOUND:
         raise ClassifierError(ErrorKind.NOT_FOUND, _last_line(result.stderr) or "model not found")
     if result.exit_code != 0:
         detail = "; ".join(filter(None, [_last_line(result.stderr), notes]))

@@ -14,21 +14,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ClassifierError, ErrorKind, invalid_argument
-from .inference.model import Graph, TensorSpec
+from .errors import ClassifierError, ErrorKind
+from .inference.backend import Graph, load_graph
 from .stores.base import Store, StoredModel
 
 log = logging.getLogger(__name__)
-
-MODEL_DIR_IN_GUEST = "/model"
-_GUEST_DTYPES = {"uint8": "u8", "int8": "i8", "float32": "f32"}
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     stored: StoredModel
     graph: Graph
-    guest_args: tuple[str, ...]  # the model's spec, as the default guest takes it
 
     @property
     def name(self) -> str:
@@ -58,37 +54,6 @@ class ModelStatus:
             "failed_version": self.failed_version or None,
             "loaded_at": self.loaded_at or None,
         }
-
-
-def guest_args_for(stored: StoredModel) -> tuple[str, ...]:
-    """Describe the model's input and output to the default guest."""
-    spec = stored.manifest.spec
-    if len(spec.inputs) != 1 or not spec.outputs:
-        raise invalid_argument(f"model {stored.manifest.name!r} must have one input and an output")
-    tensor_in, tensor_out = spec.inputs[0], spec.outputs[0]
-    for tensor in (tensor_in, tensor_out):
-        if tensor.dtype not in _GUEST_DTYPES:
-            raise invalid_argument(f"tensor {tensor.name!r} has type {tensor.dtype}, not u8/i8/f32")
-    args = [
-        "--model",
-        stored.manifest.name,
-        "--input-type",
-        _GUEST_DTYPES[tensor_in.dtype],
-        "--input-shape",
-        "x".join(str(d) for d in tensor_in.shape),
-        "--output-type",
-        _GUEST_DTYPES[tensor_out.dtype],
-        *_quantisation_args(tensor_out),
-    ]
-    if stored.labels_path is not None:
-        args += ["--labels", f"{MODEL_DIR_IN_GUEST}/{stored.labels_path.name}"]
-    return tuple(args)
-
-
-def _quantisation_args(tensor: TensorSpec) -> list[str]:
-    if not tensor.scale:
-        return []
-    return ["--output-scale", repr(tensor.scale), "--output-zero-point", str(tensor.zero_point)]
 
 
 class ModelRegistry:
@@ -167,12 +132,12 @@ class ModelRegistry:
 
     def _load(self, stored: StoredModel) -> LoadedModel:
         try:
-            graph = Graph(stored.model_path.read_bytes(), self.interpreter_threads)
+            graph = load_graph(stored.model_path.read_bytes(), num_threads=self.interpreter_threads)
         except (OSError, ValueError) as exc:
             raise ClassifierError(
                 ErrorKind.INTERNAL, f"model {stored.manifest.name!r} cannot be loaded: {exc}"
             ) from exc
-        return LoadedModel(stored, graph, guest_args_for(stored))
+        return LoadedModel(stored, graph)
 
     def _status_of(self, name: str) -> ModelStatus:
         with self._lock:

@@ -16,8 +16,8 @@ from PIL import Image
 
 from service.config import Settings
 from service.errors import ClassifierError, ErrorKind
+from service.inference.backend import load_graph
 from service.inference.litert import Interpreter
-from service.inference.model import Graph
 from service.pipeline import Classifier
 from service.stores.local import LocalStore
 
@@ -75,7 +75,7 @@ def test_no_recurrent_state_leaks_between_requests(classifier):
 
 
 def test_pooled_interpreter_holds_no_data_from_the_last_request():
-    graph = Graph((MODELS / "aiy_birds_v1" / "model.tflite").read_bytes())
+    graph = load_graph((MODELS / "aiy_birds_v1" / "model.tflite").read_bytes())
     context = graph.new_context()
     context.set_input(0, np.random.default_rng(1).integers(0, 255, 224 * 224 * 3, dtype=np.uint8))
     context.compute()

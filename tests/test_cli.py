@@ -137,7 +137,7 @@ def test_wasm_run_passes_stdio_exit_code_and_dirs(capfd, test_guests, tmp_path: 
 
 def test_wasm_run_with_nn_preload_like_wasmedge(tmp_path: Path) -> None:
     """The default guest run by hand, the way `wasmedge --dir --nn-preload` runs a guest."""
-    from service.registry import guest_args_for
+    from service import default_guest
     from service.stores.local import LocalStore
 
     store = LocalStore(tmp_path / "store")
@@ -147,7 +147,7 @@ def test_wasm_run_with_nn_preload_like_wasmedge(tmp_path: Path) -> None:
     result = subprocess.run(
         [CLASSIFIER, "wasm", "run", "--dir", f"/model:{stored.directory}",
          "--nn-preload", f"birds:TensorflowLite:CPU:{BIRDS / 'model.tflite'}",
-         guest, *guest_args_for(stored), "--top-k", "1"],
+         guest, *default_guest.arguments("birds", stored.manifest.spec, "labels.txt", 1)],
         input=BIRD.read_bytes(),
         capture_output=True,
         timeout=120,

@@ -179,3 +179,11 @@ def test_a_process_that_ran_guests_exits_cleanly(test_guests):
     for process in processes:
         stdout, stderr = process.communicate(timeout=120)
         assert (process.returncode, stdout) == (0, b"done\n"), stderr.decode()[-2000:]
+
+
+def test_the_private_wasmtime_api_used_is_still_there() -> None:
+    """service/wasm/wasmtime_capi.py is the one user of wasmtime-py's private bindings: an upgrade
+    that renames or reshapes them must fail here, not as a crash inside a guest run."""
+    from service.wasm import wasmtime_capi
+
+    wasmtime_capi.check()

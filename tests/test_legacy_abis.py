@@ -32,12 +32,12 @@ from service.errors import ClassifierError, ErrorKind
 from service.guest_args import parse_template
 from service.imaging import decode_full_rgb, decode_rgb, resize_align_corners
 from service.inference.cache import GraphCache
-from service.inference.litert import Interpreter
-from service.inference.model import Graph
+from service.inference.litert import LITERT, Interpreter, LiteRtGraph
 from service.pipeline import Classifier
 from service.stores.local import LocalStore
 from service.wasm.call import GuestCall
 from service.wasm.host import GuestResult, Preopen, WasmHost
+from service.wasm.tensorflowlite import TfliteContext
 from service.watcher import Watcher
 
 BIRDS = MODELS / "aiy_birds_v1" / "model.tflite"
@@ -501,10 +501,10 @@ def test_legacy_handles_are_not_shared_between_runs(host, test_guests, graph_cac
     thread.start()
     try:
         for _ in range(1000):
-            if holder_call.legacy_sessions or not thread.is_alive():
+            if holder_call.context(TfliteContext).legacy_sessions or not thread.is_alive():
                 break
             time.sleep(0.01)
-        (handle,) = holder_call.legacy_sessions  # the other run's live session
+        ((handle, _session),) = holder_call.context(TfliteContext).legacy_sessions.items()  # the other run's
         other = run_in_host(host, test_guests["legacy_probe"], "use", str(handle), graph_cache=graph_cache)
         assert other.trap is not None and f"unknown session handle {handle}" in other.trap
     finally:
@@ -513,7 +513,7 @@ def test_legacy_handles_are_not_shared_between_runs(host, test_guests, graph_cac
     result = holder["result"]
     assert result.exit_code == 0, (result.trap, result.stderr)
     assert lines(result.stdout) == {"session": str(handle), "run": "0"}
-    assert holder_call.legacy_sessions == {}  # released at the end of the run
+    assert len(holder_call.context(TfliteContext).legacy_sessions) == 0  # released at the end of the run
 
 
 # -- the plugin ABI's paths (crate 0.3) ------------------------------------------------------
@@ -706,8 +706,8 @@ def test_graph_loaded_by_sessions_is_the_shared_cache(host, test_guests, graph_c
         host, test_guests["wasmedge_tf_v02"], MODEL_IN_GUEST, "/images/bird.jpg",
         graph_cache=graph_cache, model_dir=BIRDS.parent,
     )  # fmt: skip
-    cached = graph_cache.get_or_load(BIRDS.read_bytes())
-    assert isinstance(cached, Graph) and cached.idle_count() >= 1  # the session's interpreter came back
+    cached = graph_cache.get_or_load(LITERT, [BIRDS.read_bytes()])
+    assert isinstance(cached, LiteRtGraph) and cached.idle_count() >= 1  # the session's interpreter came back
 
 
 # -- a WasmEdge guest as the business logic of classify -------------------------------------

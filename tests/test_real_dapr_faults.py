@@ -41,9 +41,11 @@ IMAGE = (IMAGES / "classify" / "burger.jpg").read_bytes()  # small: many calls p
 IMAGE_B64 = base64.b64encode(IMAGE).decode()
 RECOVER_S = 60.0  # generous bounds: the machine is shared and noisy
 ANSWER_S = 150.0  # events left pending are reclaimed after processingTimeout, on redeliverInterval
-# What a caller may see while a part of the stack is down: a refused or cut connection, or a
-# 5xx a client retries. Never a 4xx for a good request.
-TRANSIENT = {"refused", "reset", "disconnected", "timeout", "500", "502", "503", "504"}
+# What a caller may see while a part of the stack is down: a refused or cut connection, a 5xx a
+# client retries, or 408: a call in flight when daprd shuts down is cancelled, and daprd maps
+# CANCELLED to 408 Request Timeout (dapr pkg/messaging/v1/util.go HTTPStatusFromCode). Never
+# another 4xx for a good request.
+TRANSIENT = {"refused", "reset", "disconnected", "timeout", "408", "500", "502", "503", "504"}
 
 
 def upload_model(daprd: Daprd, cache: Path) -> None:

@@ -1,13 +1,31 @@
-"""The LiteRT interpreter, with the legacy tflite-runtime as a fallback when LiteRT is absent."""
+"""The LiteRT backend (TFLite models): graphs with a per-thread pool of ready interpreters.
+
+Interpreters are not thread-safe and cost ~6 ms to build, so each worker thread keeps
+its own ready ones per graph. An execution context borrows one for a request and gives
+it back, wiped, at the end: no tensor data survives from one request to the next.
+LiteRT (`ai-edge-litert`) is used, with the legacy tflite-runtime as a fallback.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from .backend import Encoding, Target, register
+from .model import InferenceError, InferenceErrorKind, ModelSpec, TensorSpec
 
 try:
     from ai_edge_litert.interpreter import Interpreter
 except ImportError:  # pragma: no cover - only on machines without LiteRT
     from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
 
-__all__ = ["Interpreter", "new_interpreter"]
+__all__ = ["LITERT", "Interpreter", "LiteRtContext", "LiteRtGraph", "new_interpreter"]
+
+# Idle interpreters a thread keeps per graph; more are built on demand and dropped after.
+MAX_IDLE_PER_THREAD = 2
 
 
 def new_interpreter(model: bytes, num_threads: int) -> Interpreter:
@@ -15,3 +33,121 @@ def new_interpreter(model: bytes, num_threads: int) -> Interpreter:
     interpreter = Interpreter(model_content=model, num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
+
+
+class LiteRtGraph:
+    """One TFLite model, loaded once and shared by all threads."""
+
+    encoding = Encoding.TENSORFLOWLITE
+
+    def __init__(self, model: bytes, num_threads: int = 1) -> None:
+        self.model = model
+        self.digest = hashlib.sha256(model).hexdigest()
+        self.num_threads = num_threads
+        self._local = threading.local()
+        try:
+            first = new_interpreter(model, num_threads)
+        except Exception as exc:  # LiteRT raises ValueError/RuntimeError with C++ messages
+            raise ValueError(f"not a usable TFLite model: {exc}") from exc
+        self.spec = ModelSpec(
+            inputs=tuple(TensorSpec.from_details(d) for d in first.get_input_details()),
+            outputs=tuple(TensorSpec.from_details(d) for d in first.get_output_details()),
+        )
+        self.input_indexes = tuple(d["index"] for d in first.get_input_details())
+        self.output_indexes = tuple(d["index"] for d in first.get_output_details())
+        self.release(first)
+
+    def new_context(self) -> LiteRtContext:
+        """Borrow a ready interpreter from this thread's pool (or build one)."""
+        idle: list[Interpreter] = self._idle()
+        if idle:
+            interpreter = idle.pop()
+        else:
+            try:
+                interpreter = new_interpreter(self.model, self.num_threads)
+            except Exception as exc:
+                raise InferenceError(InferenceErrorKind.BUSY, f"interpreter: {exc}") from exc
+        return LiteRtContext(self, interpreter)
+
+    def warm(self, count: int = 1) -> None:
+        """Make sure the calling thread has `count` ready interpreters (call at start-up)."""
+        idle = self._idle()
+        while len(idle) < min(count, MAX_IDLE_PER_THREAD):
+            idle.append(new_interpreter(self.model, self.num_threads))
+
+    def idle_count(self) -> int:
+        return len(self._idle())
+
+    def _idle(self) -> list[Interpreter]:
+        idle = getattr(self._local, "idle", None)
+        if idle is None:
+            idle = self._local.idle = []
+        return idle
+
+    def release(self, interpreter: Interpreter) -> None:
+        """Wipe what a request left behind and pool the interpreter, so the next one can neither
+        read it nor be skewed by it: recurrent state (an LSTM's variables) changes later answers."""
+        interpreter.reset_all_variables()
+        for index in self.input_indexes + self.output_indexes:
+            interpreter.tensor(index)().fill(0)
+        idle = self._idle()
+        if len(idle) < MAX_IDLE_PER_THREAD:
+            idle.append(interpreter)
+
+
+class LiteRtContext:
+    """A graph plus a borrowed interpreter, for one request."""
+
+    def __init__(self, graph: LiteRtGraph, interpreter: Interpreter) -> None:
+        self.graph = graph
+        self._interpreter: Interpreter | None = interpreter
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.graph.spec
+
+    def _live(self) -> Interpreter:
+        if self._interpreter is None:
+            raise InferenceError(InferenceErrorKind.INVALID_ARGUMENT, "context is finalized")
+        return self._interpreter
+
+    def set_input(self, index: int, data: np.ndarray) -> None:
+        """Copy raw bytes (a uint8 array of exactly the tensor's byte size) into input `index`."""
+        spec = self.spec.inputs[index]
+        array = data.view(np.dtype(spec.dtype)).reshape(spec.shape)
+        try:
+            self._live().set_tensor(self.graph.input_indexes[index], array)
+        except ValueError as exc:
+            raise InferenceError(InferenceErrorKind.BUSY, f"set_tensor: {exc}") from exc
+
+    def compute(self) -> None:
+        try:
+            self._live().invoke()
+        except RuntimeError as exc:
+            raise InferenceError(InferenceErrorKind.BUSY, f"invoke: {exc}") from exc
+
+    def output(self, index: int) -> np.ndarray:
+        """A copy of output `index` (the interpreter's own buffer stays private)."""
+        return self._live().get_tensor(self.graph.output_indexes[index])
+
+    def release(self) -> None:
+        """Give the interpreter back to this thread's pool. Safe to call twice."""
+        if self._interpreter is not None:
+            interpreter, self._interpreter = self._interpreter, None
+            self.graph.release(interpreter)
+
+
+class LiteRtBackend:
+    encoding = Encoding.TENSORFLOWLITE
+    targets = frozenset({Target.CPU})
+    builder_count = 1
+    file_suffix = ".tflite"
+
+    def load(self, builders: Sequence[bytes], num_threads: int = 1) -> LiteRtGraph:
+        if len(builders) != self.builder_count:
+            raise ValueError(f"a TFLite model is 1 graph builder, got {len(builders)}")
+        return LiteRtGraph(builders[0], num_threads)
+
+
+LITERT = LiteRtBackend()
+register(LITERT)

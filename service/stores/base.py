@@ -20,8 +20,9 @@ import wasmtime
 
 from ..errors import ClassifierError, ErrorKind, invalid_argument
 from ..guest_args import check_template
+from ..inference.backend import inspect_model
 from ..inference.labels import labels_from_metadata
-from ..inference.model import ModelSpec, inspect_model
+from ..inference.model import ModelSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: `$` would accept a final newline
 MODEL_FILE = "model.tflite"

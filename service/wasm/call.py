@@ -2,7 +2,9 @@
 
 Host functions are defined once on a shared Linker, so they find the state of the run
 they serve through `current()`: a Store runs on one thread, and `running()` binds the
-run's GuestCall to that thread for the duration of the guest's `_start`.
+run's GuestCall to that thread for the duration of the guest's `_start`. Each host ABI
+keeps its handles in a context object of its own (`GuestCall.context(Kind)`), made on
+first use in the run and closed with it; the GuestCall holds only what is run-wide.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from ..imaging import DEFAULT_MAX_PIXELS
+from ..inference.backend import Graph
 from ..inference.cache import GraphCache
-from ..inference.model import ExecutionContext, Graph
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,20 @@ class GuestLimits:
     max_loaded_graphs: int = 4  # models a guest may pass as bytes (`load`, `create_session`) per run
 
 
+class AbiContext(Protocol):
+    """The per-run state of one host ABI: its handle tables."""
+
+    def live_contexts(self) -> int:
+        """Execution contexts it holds now (each holds an interpreter)."""
+        ...
+
+    def close(self) -> None:
+        """Release everything it holds (the run is over)."""
+
+
+C = TypeVar("C", bound=AbiContext)
+
+
 @dataclass
 class GuestCall:
     """Handles, deadline and diagnostics of one guest run."""
@@ -40,24 +57,14 @@ class GuestCall:
     named_graphs: Mapping[str, Graph] = field(default_factory=dict)
     graph_cache: GraphCache | None = None
     deadline: float = field(default=0.0)
-    graphs: list[Graph | None] = field(default_factory=list)
-    contexts: list[ExecutionContext | None] = field(default_factory=list)
-    graph_ids_by_name: dict[str, int] = field(default_factory=dict)
-    loaded_graphs: int = 0
-    # wasmedge_tensorflowlite sessions, each an execution context of this run only. The
-    # legacy ABI's i64 handles count from 1 (0 means failure), sessions and output tensors
-    # on one counter; the plugin ABI's u32 ids count from 0, a deleted id is reused first.
-    legacy_sessions: dict[int, ExecutionContext] = field(default_factory=dict)
-    legacy_tensors: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (session, output)
-    next_legacy_handle: int = 1
-    plugin_sessions: list[ExecutionContext | None] = field(default_factory=list)
+    loaded_graphs: int = 0  # models loaded from guest bytes this run, by any ABI
     notes: list[str] = field(default_factory=list)  # why host calls failed, for the caller
     # The guest's own stderr (set by the host for the run), for what the guest's user must
     # see: WasmEdge printed its host modules' errors there.
     stderr: Callable[[bytes], object] | None = None
-    unsupported_calls: set[str] = field(default_factory=set)  # said on stderr once per run
     deadline_hit: bool = False
     host_seconds: dict[str, float] = field(default_factory=dict)  # time in host work, by kind
+    _abi_contexts: dict[type, AbiContext] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.deadline:
@@ -84,27 +91,24 @@ class GuestCall:
             return True
         return False
 
+    def context(self, kind: type[C]) -> C:
+        """This run's context of one host ABI, made on first use."""
+        existing = self._abi_contexts.get(kind)
+        if existing is None:
+            existing = self._abi_contexts[kind] = kind()
+        return existing  # type: ignore[return-value]
+
     def live_contexts(self) -> int:
-        """Execution contexts and sessions holding an interpreter now."""
-        return (
-            sum(c is not None for c in self.contexts)
-            + len(self.legacy_sessions)
-            + sum(s is not None for s in self.plugin_sessions)
-        )
+        """Execution contexts holding an interpreter now, over every ABI (the run's limit)."""
+        return sum(context.live_contexts() for context in self._abi_contexts.values())
 
     def add_host_time(self, kind: str, seconds: float) -> None:
         self.host_seconds[kind] = self.host_seconds.get(kind, 0.0) + seconds
 
     def close(self) -> None:
         """Return every borrowed interpreter to its pool."""
-        for context in [*self.contexts, *self.legacy_sessions.values(), *self.plugin_sessions]:
-            if context is not None:
-                context.release()
-        self.contexts.clear()
-        self.graphs.clear()
-        self.legacy_sessions.clear()
-        self.legacy_tensors.clear()
-        self.plugin_sessions.clear()
+        for context in self._abi_contexts.values():
+            context.close()
 
 
 _local = threading.local()

@@ -11,10 +11,7 @@ survives from one run to the next.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
-import itertools
 import math
 import os
 import re
@@ -28,11 +25,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import wasmtime
-from wasmtime import _bindings, _ffi
 
 from ..errors import ClassifierError, ErrorKind
 from . import image, legacy_image, tensorflow, tensorflowlite, wasi_nn, wasi_poll
 from .call import GuestCall, running
+from .wasmtime_capi import capture_output, forget_output, set_stdin_bytes
 
 EPOCH_TICK_S = 0.01  # 5-10 ms ticks cost nothing measurable and keep deadlines accurate
 
@@ -90,43 +87,9 @@ class _CappedOutput:
         return b"".join(self.chunks)
 
 
-# Captured stdout/stderr, bound to WASI through wasmtime's C API directly. wasmtime-py's
-# `stdout_custom` registers a finalizer that takes the GIL from whichever tokio thread
-# drops the stream last, often after the run and sometimes while Python is exiting: the
-# interpreter then ends that thread with pthread_exit, which cannot unwind through Rust,
-# and the process aborts. So: no finalizer; the sink is looked up by key for each write
-# (a write finishes before the guest's fd_write returns) and forgotten when the run ends.
-_OutputCallback, _, _Finalizer = _bindings._wasi_config_set_stdout_custom.argtypes[1:]
-_NO_FINALIZER = _Finalizer()  # a NULL function pointer
-_sinks: dict[int, _CappedOutput] = {}
-_sink_keys = itertools.count(1)
-
-
-@_OutputCallback
-def _write_to_sink(key: int | None, data: ctypes._Pointer, size: int) -> int:
-    try:
-        sink = _sinks.get(key or 0)
-        return sink(ctypes.string_at(data, size)) if sink is not None else -errno.EIO
-    except BaseException:  # nothing may unwind into wasmtime
-        return -errno.EIO
-
-
-def _capture(wasi: wasmtime.WasiConfig, stream: str, sink: _CappedOutput) -> int:
-    """Send the guest's `stream` ("stdout" or "stderr") to `sink`; the key to forget."""
-    key = next(_sink_keys)
-    _sinks[key] = sink
-    setter = getattr(_bindings, f"wasi_config_set_{stream}_custom")
-    setter(wasi.ptr(), _write_to_sink, ctypes.c_void_p(key), _NO_FINALIZER)
-    return key
-
-
-def _set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
-    # wasmtime's C API can serve stdin from memory; wasmtime-py binds the function but
-    # does not wrap it (its public API only takes a file path).
-    vec = _ffi.wasm_byte_vec_t()
-    buffer = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(_ffi.wasm_byte_t))
-    _ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buffer)
-    _bindings.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))  # takes ownership
+# Every host ABI a guest may import, defined on the shared Linker after WASI (wasi_poll
+# replaces WASI's poll_oneoff: sleeps bounded by the deadline).
+HOST_MODULES = (wasi_poll, wasi_nn, image, legacy_image, tensorflowlite, tensorflow)
 
 
 class _EpochTicker:
@@ -170,12 +133,8 @@ class WasmHost:
         self.cache_dir = cache_dir
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
-        wasi_poll.define(self.linker)  # sleeps bounded by the deadline
-        wasi_nn.define(self.linker)
-        image.define(self.linker)
-        legacy_image.define(self.linker)
-        tensorflowlite.define(self.linker)
-        tensorflow.define(self.linker)
+        for host_module in HOST_MODULES:
+            host_module.define(self.linker)
         self._guests: dict[str, Guest] = {}
         self._lock = threading.Lock()
         self._ticker = _EpochTicker(self.engine, EPOCH_TICK_S)
@@ -261,8 +220,8 @@ class WasmHost:
             wasi.inherit_stderr()
             call.stderr = _write_process_stderr
         else:
-            _set_stdin_bytes(wasi, stdin)
-            sink_keys = [_capture(wasi, "stdout", stdout), _capture(wasi, "stderr", stderr)]
+            set_stdin_bytes(wasi, stdin)
+            sink_keys = [capture_output(wasi, "stdout", stdout), capture_output(wasi, "stderr", stderr)]
             call.stderr = stderr
 
         exit_code: int | None = None
@@ -289,7 +248,7 @@ class WasmHost:
                 trap = _first_line(exc)
             finally:
                 for key in sink_keys:
-                    del _sinks[key]
+                    forget_output(key)
         return GuestResult(
             exit_code=exit_code,
             stdout=stdout.value(),

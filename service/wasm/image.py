@@ -9,16 +9,16 @@ the reason goes to the run's notes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from enum import IntEnum
 
 import numpy as np
 import wasmtime
 
-from ..imaging import ImageError, decode_rgb
+from ..imaging import decode_rgb
 from . import call as guest_call
-from .memory import GuestMemory, GuestMemoryError, MissingMemory
+from .abi import AbiFailure, Errnos, define_errno_functions, errno_function, timed_decode
+from .memory import GuestMemory
 
 MODULE = "wasmedge_image"
 
@@ -43,9 +43,20 @@ def _pixels_for(out_type: OutputType, rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb).reshape(-1)
 
 
+ERRNOS = Errnos(
+    success=ImageErrno.SUCCESS,
+    memory=ImageErrno.FAIL,
+    runtime=ImageErrno.FAIL,
+    inference={},
+    missing_memory_traps=True,  # as in WasmEdge
+)
+
+
 def _loader(name: str, formats: tuple[str, ...] | None) -> Callable[..., int]:
+    @errno_function(MODULE, ERRNOS, name)
     def load(
-        caller: wasmtime.Caller,
+        memory: GuestMemory,
+        call: guest_call.GuestCall,
         in_ptr: int,
         in_len: int,
         out_w: int,
@@ -53,57 +64,33 @@ def _loader(name: str, formats: tuple[str, ...] | None) -> Callable[..., int]:
         out_type: int,
         out_ptr: int,
         out_len: int,
-    ) -> int:
-        call = guest_call.current()
-        # wasmtime passes i32 as signed; every value in this ABI is a u32.
-        in_ptr, in_len, out_w, out_h, out_type, out_ptr, out_len = (
-            arg & 0xFFFFFFFF for arg in (in_ptr, in_len, out_w, out_h, out_type, out_ptr, out_len)
+    ) -> None:
+        encoded = memory.view(in_ptr, in_len)
+        if out_type not in OutputType._value2member_map_:
+            raise AbiFailure(ImageErrno.FAIL, f"unknown output type {out_type}")
+        kind = OutputType(out_type)
+        channel_bytes = 4 if kind in (OutputType.RGB32F, OutputType.BGR32F) else 1
+        need = out_w * out_h * 3 * channel_bytes
+        if out_len < need:
+            raise AbiFailure(
+                ImageErrno.FAIL, f"output buffer has {out_len} bytes, {out_w}x{out_h} needs {need}"
+            )
+        out = memory.view(out_ptr, need)
+        max_pixels = call.limits.max_image_pixels
+        rgb = timed_decode(
+            call,
+            ImageErrno.FAIL,
+            lambda: decode_rgb(encoded.data, out_w, out_h, max_pixels=max_pixels, formats=formats),
         )
-        try:
-            memory = GuestMemory(caller)
-            encoded = memory.view(in_ptr, in_len)
-            if out_type not in OutputType._value2member_map_:
-                raise ImageError(f"unknown output type {out_type}")
-            kind = OutputType(out_type)
-            channel_bytes = 4 if kind in (OutputType.RGB32F, OutputType.BGR32F) else 1
-            need = out_w * out_h * 3 * channel_bytes
-            if out_len < need:
-                raise ImageError(f"output buffer has {out_len} bytes, {out_w}x{out_h} needs {need}")
-            out = memory.view(out_ptr, need)
-            if call.past_deadline():
-                raise ImageError("deadline exceeded")
-            started = time.perf_counter()
-            try:
-                rgb = decode_rgb(
-                    encoded.data, out_w, out_h, max_pixels=call.limits.max_image_pixels, formats=formats
-                )
-            finally:
-                call.add_host_time("decode", time.perf_counter() - started)
-            out[:] = _pixels_for(kind, rgb)
-            return ImageErrno.SUCCESS
-        except (ImageError, GuestMemoryError) as exc:
-            call.note(f"wasmedge_image {name}: {exc}")
-            return ImageErrno.FAIL
-        except MissingMemory:
-            raise  # a trap, as in WasmEdge
-        except Exception as exc:  # a host bug must not become a trap with a stray exception
-            call.note(f"wasmedge_image {name}: {type(exc).__name__}: {exc}")
-            return ImageErrno.FAIL
+        out[:] = _pixels_for(kind, rgb)
 
-    load.__name__ = name
     return load
 
 
 _I32 = wasmtime.ValType.i32()
 
-FUNCTIONS: dict[str, Callable[..., int]] = {
-    "load_jpg": _loader("load_jpg", ("JPEG",)),
-    "load_png": _loader("load_png", ("PNG",)),
-    "load_image": _loader("load_image", None),
-}
+FUNCTIONS = (_loader("load_jpg", ("JPEG",)), _loader("load_png", ("PNG",)), _loader("load_image", None))
 
 
 def define(linker: wasmtime.Linker) -> None:
-    func_type = wasmtime.FuncType([_I32] * 7, [_I32])
-    for name, function in FUNCTIONS.items():
-        linker.define_func(MODULE, name, func_type, function, access_caller=True)
+    define_errno_functions(linker, MODULE, FUNCTIONS)

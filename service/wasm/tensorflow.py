@@ -20,6 +20,7 @@ in a run writes one line to the guest's stderr saying why:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import wasmtime
 
@@ -62,13 +63,27 @@ _PLUGIN: dict[str, tuple[int, int]] = {
 }
 
 
+@dataclass
+class TensorflowContext:
+    """This run's record of the functions it called, each said on stderr once per run."""
+
+    said: set[str] = field(default_factory=set)
+
+    def live_contexts(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.said.clear()
+
+
 def _unsupported(name: str, result: int | None, outcome: str) -> Callable[..., int | None]:
     message = f"{name}: this host runs TensorFlow Lite models only, not TensorFlow ({outcome})"
 
     def host_function(*args: int) -> int | None:
         call = guest_call.current()
-        if name not in call.unsupported_calls:
-            call.unsupported_calls.add(name)
+        said = call.context(TensorflowContext).said
+        if name not in said:
+            said.add(name)
             call.tell_guest_user(message)
         return result
 

@@ -36,23 +36,29 @@ returning an errno; ids are written through pointers:
   WasmEdge leaves 0 at written_out; here it gets the bytes written.
 
 Sessions are execution contexts of the current run (graphs from the shared cache,
-interpreters from the per-thread pools), in the GuestCall: no handle reaches another
-request's session, and all are released when the run ends.
+interpreters from the per-thread pools) in this module's own per-run context
+(`TfliteContext`): no handle reaches another request's session, and all are released
+when the run ends.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
 import wasmtime
 
-from ..inference.model import ExecutionContext, InferenceError, InferenceErrorKind
+from ..inference.backend import Encoding, ExecutionContext, backend_for
+from ..inference.model import InferenceError, InferenceErrorKind
 from . import call as guest_call
-from .memory import GuestMemory, GuestMemoryError, MissingMemory
+from .abi import AbiFailure, Errnos, define_errno_functions, errno_function
+from .handles import HandleTable
+from .memory import GuestMemory, GuestMemoryError
 
 MODULE = "wasmedge_tensorflowlite"
 LEGACY_PREFIX = "wasmedge_tensorflowlite_"
@@ -69,43 +75,76 @@ class Errno(IntEnum):
     RUNTIME_ERROR = 5
 
 
-class SessionFailure(Exception):
-    def __init__(self, errno: Errno, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno
-
-
-_INFERENCE_ERRNO = {
-    InferenceErrorKind.INVALID_ARGUMENT: Errno.INVALID_ARGUMENT,
-    InferenceErrorKind.BUSY: Errno.BUSY,
-    InferenceErrorKind.RUNTIME: Errno.RUNTIME_ERROR,
-}
+ERRNOS = Errnos(
+    success=Errno.SUCCESS,
+    memory=Errno.MISSING_MEMORY,
+    runtime=Errno.RUNTIME_ERROR,
+    inference={
+        InferenceErrorKind.INVALID_ARGUMENT: Errno.INVALID_ARGUMENT,
+        InferenceErrorKind.BUSY: Errno.BUSY,
+        InferenceErrorKind.RUNTIME: Errno.RUNTIME_ERROR,
+    },
+    missing_memory_traps=False,
+)
 
 
 def _u32(value: int) -> int:
     return value & 0xFFFFFFFF  # wasmtime passes i32 as signed
 
 
+def _shared_counter() -> Iterator[int]:
+    return itertools.count(1)
+
+
+@dataclass
+class TfliteContext:
+    """This run's sessions. The legacy ABI's i64 handles count from 1 (0 means failure),
+    sessions and output tensors on one counter; the plugin ABI's u32 ids count from 0, and a
+    deleted id is reused first."""
+
+    _legacy_counter: Iterator[int] = field(default_factory=_shared_counter)
+    legacy_sessions: HandleTable[ExecutionContext] = field(init=False)
+    legacy_tensors: HandleTable[tuple[int, int]] = field(init=False)  # -> (session, output)
+    plugin_sessions: HandleTable[ExecutionContext] = field(default_factory=lambda: HandleTable(reuse=True))
+
+    def __post_init__(self) -> None:
+        self.legacy_sessions = HandleTable(counter=self._legacy_counter)
+        self.legacy_tensors = HandleTable(counter=self._legacy_counter)
+
+    def live_contexts(self) -> int:
+        return len(self.legacy_sessions) + len(self.plugin_sessions)
+
+    def close(self) -> None:
+        for context in [*self.legacy_sessions.clear(), *self.plugin_sessions.clear()]:
+            context.release()
+        self.legacy_tensors.clear()
+
+
+def _sessions(call: guest_call.GuestCall) -> TfliteContext:
+    return call.context(TfliteContext)
+
+
 # -- shared by both ABIs -------------------------------------------------------------------
 
 
 def _new_session(call: guest_call.GuestCall, model: np.ndarray) -> ExecutionContext:
-    """An execution context for model bytes from the guest. Raises SessionFailure."""
+    """An execution context for model bytes from the guest. Raises AbiFailure."""
+    backend = backend_for(Encoding.TENSORFLOWLITE)
     if call.live_contexts() >= call.limits.max_contexts:
-        raise SessionFailure(Errno.BUSY, f"more than {call.limits.max_contexts} sessions")
-    if call.loaded_graphs >= call.limits.max_loaded_graphs or call.graph_cache is None:
-        raise SessionFailure(Errno.BUSY, "too many models loaded from bytes in one run")
+        raise AbiFailure(Errno.BUSY, f"more than {call.limits.max_contexts} sessions")
+    if call.loaded_graphs >= call.limits.max_loaded_graphs or call.graph_cache is None or backend is None:
+        raise AbiFailure(Errno.BUSY, "too many models loaded from bytes in one run")
     if call.past_deadline():
-        raise SessionFailure(Errno.RUNTIME_ERROR, "deadline exceeded")
+        raise AbiFailure(Errno.RUNTIME_ERROR, "deadline exceeded")
     try:
-        graph = call.graph_cache.get_or_load(model.tobytes())
+        graph = call.graph_cache.get_or_load(backend, [model.tobytes()])
     except ValueError as exc:
-        raise SessionFailure(Errno.INVALID_ARGUMENT, str(exc)) from exc
+        raise AbiFailure(Errno.INVALID_ARGUMENT, str(exc)) from exc
     call.loaded_graphs += 1
     try:
         return graph.new_context()
     except InferenceError as exc:
-        raise SessionFailure(Errno.BUSY, str(exc)) from exc
+        raise AbiFailure(Errno.BUSY, str(exc)) from exc
 
 
 def _input_index(context: ExecutionContext, name: bytes) -> int | None:
@@ -117,14 +156,14 @@ def _output_index(context: ExecutionContext, name: bytes) -> int | None:
 
 
 def _run(call: guest_call.GuestCall, context: ExecutionContext) -> None:
-    """Invoke; raises SessionFailure."""
+    """Invoke; raises AbiFailure."""
     if call.past_deadline():
-        raise SessionFailure(Errno.RUNTIME_ERROR, "deadline exceeded")
+        raise AbiFailure(Errno.RUNTIME_ERROR, "deadline exceeded")
     started = time.perf_counter()
     try:
         context.compute()
     except InferenceError as exc:
-        raise SessionFailure(_INFERENCE_ERRNO[exc.kind], str(exc)) from exc
+        raise AbiFailure(ERRNOS.inference[exc.kind], str(exc)) from exc
     finally:
         call.add_host_time("invoke", time.perf_counter() - started)
 
@@ -160,18 +199,18 @@ def _legacy(function: Callable[..., int | None]) -> Callable[..., int | None]:
 
 
 def _legacy_session(call: guest_call.GuestCall, handle: int) -> ExecutionContext:
-    context = call.legacy_sessions.get(handle)
+    context = _sessions(call).legacy_sessions.get(handle)
     if context is None:
         raise _Trap(f"unknown session handle {handle}")
     return context
 
 
 def _legacy_tensor(call: guest_call.GuestCall, handle: int) -> tuple[ExecutionContext, int]:
-    session_and_index = call.legacy_tensors.get(handle)
+    session_and_index = _sessions(call).legacy_tensors.get(handle)
     if session_and_index is None:
         raise _Trap(f"unknown tensor handle {handle}")
     session, index = session_and_index
-    return call.legacy_sessions[session], index
+    return _legacy_session(call, session), index
 
 
 def _in_memory(memory: GuestMemory, ptr: int, length: int, what: str) -> np.ndarray:
@@ -188,13 +227,10 @@ def create_session(
     memory = GuestMemory(caller)
     try:
         context = _new_session(call, memory.view(_u32(model_ptr), _u32(model_len)))
-    except (GuestMemoryError, SessionFailure) as exc:
+    except (GuestMemoryError, AbiFailure) as exc:
         call.note(f"{LEGACY_PREFIX}create_session: {exc} (returns 0)")
         return 0
-    handle = call.next_legacy_handle
-    call.next_legacy_handle += 1
-    call.legacy_sessions[handle] = context
-    return handle
+    return _sessions(call).legacy_sessions.insert(context)
 
 
 @_legacy
@@ -233,7 +269,7 @@ def run_session(caller: wasmtime.Caller, call: guest_call.GuestCall, session: in
     context = _legacy_session(call, session)
     try:
         _run(call, context)
-    except SessionFailure as exc:
+    except AbiFailure as exc:
         call.note(f"{LEGACY_PREFIX}run_session: {exc} (returns 1)")
         return 1
     return 0
@@ -249,13 +285,11 @@ def get_output_tensor(
     if index is None:
         call.note(f"{LEGACY_PREFIX}get_output_tensor: no output tensor named {_show(name)!r} (returns 0)")
         return 0
-    for handle, known in call.legacy_tensors.items():
+    tensors = _sessions(call).legacy_tensors
+    for handle, known in tensors.items():
         if known == (session, index):
             return handle  # WasmEdge returns the same tensor pointer every time
-    handle = call.next_legacy_handle
-    call.next_legacy_handle += 1
-    call.legacy_tensors[handle] = (session, index)
-    return handle
+    return tensors.insert((session, index))
 
 
 @_legacy
@@ -283,80 +317,53 @@ def delete_session(caller: wasmtime.Caller, call: guest_call.GuestCall, session:
         return None
     context = _legacy_session(call, session)
     context.release()
-    del call.legacy_sessions[session]
-    call.legacy_tensors = {h: t for h, t in call.legacy_tensors.items() if t[0] != session}
+    sessions = _sessions(call)
+    sessions.legacy_sessions.remove(session)
+    for handle, (owner, _output) in sessions.legacy_tensors.items():
+        if owner == session:
+            sessions.legacy_tensors.remove(handle)
     return None
 
 
 # -- plugin ABI ----------------------------------------------------------------------------
 
 
-def _plugin(function: Callable[..., None]) -> Callable[..., int]:
-    """Run a plugin function for the current run and turn every failure into an errno."""
-
-    @functools.wraps(function)
-    def host_function(caller: wasmtime.Caller, *args: int) -> int:
-        call = guest_call.current()
-        try:
-            function(caller, call, *(_u32(arg) for arg in args))
-            return Errno.SUCCESS
-        except SessionFailure as exc:
-            errno, message = exc.errno, str(exc)
-        except (GuestMemoryError, MissingMemory) as exc:
-            errno, message = Errno.MISSING_MEMORY, str(exc)
-        except InferenceError as exc:
-            errno, message = _INFERENCE_ERRNO[exc.kind], str(exc)
-        except Exception as exc:  # a host bug must not become a trap with a stray exception
-            errno, message = Errno.RUNTIME_ERROR, f"{type(exc).__name__}: {exc}"
-        call.note(f"{MODULE} {name}: {message} (errno {errno.value} {errno.name.lower()})")
-        return errno
-
-    name = function.__name__.removeprefix("plugin_")
-    return host_function
+_plugin = errno_function(MODULE, ERRNOS)
 
 
 def _plugin_session(call: guest_call.GuestCall, session: int) -> ExecutionContext:
-    context = call.plugin_sessions[session] if session < len(call.plugin_sessions) else None
+    context = _sessions(call).plugin_sessions.get(session)
     if context is None:
-        raise SessionFailure(Errno.INVALID_ARGUMENT, f"unknown session {session}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"unknown session {session}")
     return context
 
 
 @_plugin
 def plugin_create_session(
-    caller: wasmtime.Caller, call: guest_call.GuestCall, model_ptr: int, model_len: int, session_out: int
+    memory: GuestMemory, call: guest_call.GuestCall, model_ptr: int, model_len: int, session_out: int
 ) -> None:
-    memory = GuestMemory(caller)
     model = memory.view(model_ptr, model_len)
     memory.view(session_out, 4)
     context = _new_session(call, model)
-    free = [i for i, s in enumerate(call.plugin_sessions) if s is None]
-    if free:
-        session = free[0]
-        call.plugin_sessions[session] = context
-    else:
-        session = len(call.plugin_sessions)
-        call.plugin_sessions.append(context)
-    memory.write_u32(session_out, session)
+    memory.write_u32(session_out, _sessions(call).plugin_sessions.insert(context))
 
 
 @_plugin
-def plugin_delete_session(caller: wasmtime.Caller, call: guest_call.GuestCall, session: int) -> None:
+def plugin_delete_session(memory: GuestMemory, call: guest_call.GuestCall, session: int) -> None:
     # Always success, as WasmEdge: deleting an unknown session does nothing.
-    if session < len(call.plugin_sessions) and call.plugin_sessions[session] is not None:
-        context = call.plugin_sessions[session]
-        call.plugin_sessions[session] = None
+    context = _sessions(call).plugin_sessions.remove(session)
+    if context is not None:
         context.release()
 
 
 @_plugin
-def plugin_run_session(caller: wasmtime.Caller, call: guest_call.GuestCall, session: int) -> None:
+def plugin_run_session(memory: GuestMemory, call: guest_call.GuestCall, session: int) -> None:
     _run(call, _plugin_session(call, session))
 
 
 @_plugin
 def plugin_append_input(
-    caller: wasmtime.Caller,
+    memory: GuestMemory,
     call: guest_call.GuestCall,
     session: int,
     name_ptr: int,
@@ -364,15 +371,14 @@ def plugin_append_input(
     data_ptr: int,
     data_len: int,
 ) -> None:
-    memory = GuestMemory(caller)
     context = _plugin_session(call, session)
     data = memory.view(data_ptr, data_len)
     name = memory.read_bytes(name_ptr, name_len)
     index = _input_index(context, name)
     if index is None:
-        raise SessionFailure(Errno.INVALID_ARGUMENT, f"no input tensor named {_show(name)!r}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"no input tensor named {_show(name)!r}")
     if data_len != context.spec.inputs[index].nbytes:
-        raise SessionFailure(
+        raise AbiFailure(
             Errno.INVALID_ARGUMENT,
             f"input {_show(name)!r} takes {context.spec.inputs[index].nbytes} bytes, got {data_len}",
         )
@@ -381,34 +387,32 @@ def plugin_append_input(
 
 @_plugin
 def plugin_get_output_tensor(
-    caller: wasmtime.Caller,
+    memory: GuestMemory,
     call: guest_call.GuestCall,
     session: int,
     name_ptr: int,
     name_len: int,
     tensor_out: int,
 ) -> None:
-    memory = GuestMemory(caller)
     context = _plugin_session(call, session)
     name = memory.read_bytes(name_ptr, name_len)
     memory.view(tensor_out, 4)
     index = _output_index(context, name)
     if index is None:
-        raise SessionFailure(Errno.INVALID_ARGUMENT, f"no output tensor named {_show(name)!r}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"no output tensor named {_show(name)!r}")
     memory.write_u32(tensor_out, index)  # the output's position, as WasmEdge
 
 
 def _plugin_output(context: ExecutionContext, tensor: int) -> int:
     if tensor >= len(context.spec.outputs):
-        raise SessionFailure(Errno.INVALID_ARGUMENT, f"unknown tensor {tensor}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"unknown tensor {tensor}")
     return tensor
 
 
 @_plugin
 def plugin_get_tensor_len(
-    caller: wasmtime.Caller, call: guest_call.GuestCall, session: int, tensor: int, len_out: int
+    memory: GuestMemory, call: guest_call.GuestCall, session: int, tensor: int, len_out: int
 ) -> None:
-    memory = GuestMemory(caller)
     context = _plugin_session(call, session)
     memory.view(len_out, 4)
     memory.write_u32(len_out, context.spec.outputs[_plugin_output(context, tensor)].nbytes)
@@ -416,7 +420,7 @@ def plugin_get_tensor_len(
 
 @_plugin
 def plugin_get_tensor_data(
-    caller: wasmtime.Caller,
+    memory: GuestMemory,
     call: guest_call.GuestCall,
     session: int,
     tensor: int,
@@ -424,7 +428,6 @@ def plugin_get_tensor_data(
     buf_len: int,
     written_out: int,
 ) -> None:
-    memory = GuestMemory(caller)
     context = _plugin_session(call, session)
     out = memory.view(buf_ptr, buf_len)
     memory.view(written_out, 4)
@@ -432,7 +435,7 @@ def plugin_get_tensor_data(
     memory.write_u32(written_out, 0)
     data = context.output(index).reshape(-1).view(np.uint8)
     if data.size != buf_len:  # WasmEdge wants the exact size, not just enough room
-        raise SessionFailure(
+        raise AbiFailure(
             Errno.INVALID_ARGUMENT, f"output {tensor} has {data.size} bytes, the buffer {buf_len}"
         )
     out[:] = data
@@ -458,22 +461,18 @@ LEGACY_FUNCTIONS: dict[
     f"{LEGACY_PREFIX}delete_session": (delete_session, [_I64], []),
 }
 
-PLUGIN_FUNCTIONS: dict[str, tuple[Callable[..., int], int]] = {
-    # name: (host function, number of i32 parameters); every one returns an i32 errno
-    "create_session": (plugin_create_session, 3),
-    "delete_session": (plugin_delete_session, 1),
-    "run_session": (plugin_run_session, 1),
-    "append_input": (plugin_append_input, 5),
-    "get_output_tensor": (plugin_get_output_tensor, 4),
-    "get_tensor_len": (plugin_get_tensor_len, 3),
-    "get_tensor_data": (plugin_get_tensor_data, 5),
-}
+PLUGIN_FUNCTIONS = (
+    plugin_create_session,
+    plugin_delete_session,
+    plugin_run_session,
+    plugin_append_input,
+    plugin_get_output_tensor,
+    plugin_get_tensor_len,
+    plugin_get_tensor_data,
+)
 
 
 def define(linker: wasmtime.Linker) -> None:
     for name, (function, params, results) in LEGACY_FUNCTIONS.items():
         linker.define_func(MODULE, name, wasmtime.FuncType(params, results), function, access_caller=True)
-    for name, (plugin_function, arity) in PLUGIN_FUNCTIONS.items():
-        linker.define_func(
-            MODULE, name, wasmtime.FuncType([_I32] * arity, [_I32]), plugin_function, access_caller=True
-        )
+    define_errno_functions(linker, MODULE, PLUGIN_FUNCTIONS)

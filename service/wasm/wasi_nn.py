@@ -1,24 +1,26 @@
-"""Module `wasi_ephemeral_nn`: the witx wasi-nn ABI over the LiteRT backend.
+"""Module `wasi_ephemeral_nn`: the witx wasi-nn ABI over the inference backends.
 
-A thin layer: it reads and bounds-checks what the guest passes, applies WasmEdge's
-TFLite-backend checks (in its order, with its errnos), and delegates to the graphs
-and execution contexts of the current run. Every failure is an errno, never an
-exception across the wasm boundary (wasmtime-py passes those through a global).
+A thin layer: it reads and bounds-checks what the guest passes, applies WasmEdge's checks
+(in its order, with its errnos), finds the backend by graph encoding
+(service/inference/backend.py), and keeps the run's graphs and execution contexts in its
+own handle tables (`NnContext`). Every failure is an errno (service/wasm/abi.py).
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
 import wasmtime
 
-from ..inference.model import ExecutionContext, Graph, InferenceError, InferenceErrorKind
+from ..inference.backend import Encoding, ExecutionContext, Graph, Target, backend_for
+from ..inference.model import InferenceErrorKind
 from . import call as guest_call
-from .memory import GuestMemory, GuestMemoryError
+from .abi import AbiFailure, Errnos, define_errno_functions, errno_function
+from .handles import HandleTable
+from .memory import GuestMemory
 
 MODULE = "wasi_ephemeral_nn"
 
@@ -68,65 +70,69 @@ MAX_BUILDERS = 16
 TENSOR_STRUCT_SIZE = 20
 
 
-class NnFailure(Exception):
-    def __init__(self, errno: Errno, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno
-
-
-_INFERENCE_ERRNO = {
-    InferenceErrorKind.INVALID_ARGUMENT: Errno.INVALID_ARGUMENT,
-    InferenceErrorKind.BUSY: Errno.BUSY,
-    InferenceErrorKind.RUNTIME: Errno.RUNTIME_ERROR,
+# The ABI's numbers for the backend-neutral encodings and targets.
+ENCODINGS = {
+    GraphEncoding.OPENVINO: Encoding.OPENVINO,
+    GraphEncoding.ONNX: Encoding.ONNX,
+    GraphEncoding.TENSORFLOW: Encoding.TENSORFLOW,
+    GraphEncoding.PYTORCH: Encoding.PYTORCH,
+    GraphEncoding.TENSORFLOWLITE: Encoding.TENSORFLOWLITE,
 }
+TARGETS = {ExecutionTarget.CPU: Target.CPU, ExecutionTarget.GPU: Target.GPU, ExecutionTarget.TPU: Target.TPU}
+
+ERRNOS = Errnos(
+    success=Errno.SUCCESS,
+    memory=Errno.INVALID_ARGUMENT,
+    runtime=Errno.RUNTIME_ERROR,
+    inference={
+        InferenceErrorKind.INVALID_ARGUMENT: Errno.INVALID_ARGUMENT,
+        InferenceErrorKind.BUSY: Errno.BUSY,
+        InferenceErrorKind.RUNTIME: Errno.RUNTIME_ERROR,
+    },
+    missing_memory_traps=True,
+)
+_abi = errno_function("wasi-nn", ERRNOS)
 
 
-def _abi(function: Callable[..., None]) -> Callable[..., int]:
-    """Run one ABI function for the current guest run and turn every failure into an errno."""
+@dataclass
+class NnContext:
+    """This run's wasi-nn handles: graphs and execution contexts count from 0, never reused."""
 
-    @functools.wraps(function)
-    def host_function(caller: wasmtime.Caller, *args: int) -> int:
-        call = guest_call.current()
-        try:
-            # wasmtime passes i32 as signed; every value in this ABI is a u32.
-            function(GuestMemory(caller), call, *(arg & 0xFFFFFFFF for arg in args))
-            return Errno.SUCCESS
-        except NnFailure as exc:
-            errno, message = exc.errno, str(exc)
-        except GuestMemoryError as exc:
-            errno, message = Errno.INVALID_ARGUMENT, str(exc)
-        except InferenceError as exc:
-            errno, message = _INFERENCE_ERRNO[exc.kind], str(exc)
-        except Exception as exc:  # a host bug must not become a trap with a stray exception
-            errno, message = Errno.RUNTIME_ERROR, f"{type(exc).__name__}: {exc}"
-        call.note(f"wasi-nn {function.__name__}: {message} (errno {errno.value} {errno.name.lower()})")
-        return errno
+    graphs: HandleTable[Graph] = field(default_factory=HandleTable)
+    contexts: HandleTable[ExecutionContext] = field(default_factory=HandleTable)
+    graph_ids_by_name: dict[str, int] = field(default_factory=dict)
 
-    return host_function
+    def live_contexts(self) -> int:
+        return len(self.contexts)
+
+    def close(self) -> None:
+        for context in self.contexts.clear():
+            context.release()
+        self.graphs.clear()
+        self.graph_ids_by_name.clear()
+
+
+def _nn(call: guest_call.GuestCall) -> NnContext:
+    return call.context(NnContext)
 
 
 def _graph(call: guest_call.GuestCall, handle: int) -> Graph:
-    graph = call.graphs[handle] if 0 <= handle < len(call.graphs) else None
+    graph = _nn(call).graphs.get(handle)
     if graph is None:
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"unknown graph {handle}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"unknown graph {handle}")
     return graph
 
 
 def _context(call: guest_call.GuestCall, handle: int) -> ExecutionContext:
-    context = call.contexts[handle] if 0 <= handle < len(call.contexts) else None
+    context = _nn(call).contexts.get(handle)
     if context is None:
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"unknown execution context {handle}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"unknown execution context {handle}")
     return context
-
-
-def _new_graph_handle(call: guest_call.GuestCall, graph: Graph) -> int:
-    call.graphs.append(graph)
-    return len(call.graphs) - 1
 
 
 def _refuse_past_deadline(call: guest_call.GuestCall) -> None:
     if call.past_deadline():
-        raise NnFailure(Errno.RUNTIME_ERROR, "deadline exceeded")
+        raise AbiFailure(Errno.RUNTIME_ERROR, "deadline exceeded")
 
 
 @_abi
@@ -141,26 +147,31 @@ def load(
 ) -> None:
     memory.view(graph_out, 4)
     if builders_len > MAX_BUILDERS:
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"{builders_len} graph builders")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"{builders_len} graph builders")
     entries = memory.read_u32s(builders_ptr, 2 * builders_len)
     builders = [memory.view(int(entries[2 * i]), int(entries[2 * i + 1])) for i in range(builders_len)]
     if target not in ExecutionTarget._value2member_map_:
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"unknown execution target {target}")
-    if encoding != GraphEncoding.TENSORFLOWLITE:
-        raise NnFailure(Errno.INVALID_ENCODING, f"encoding {encoding} is not supported (TFLite only)")
-    if target != ExecutionTarget.CPU:
-        raise NnFailure(Errno.INVALID_ARGUMENT, "the TFLite backend runs on the CPU only")
-    if len(builders) != 1:
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"TFLite takes 1 graph builder, got {len(builders)}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"unknown execution target {target}")
+    known = ENCODINGS.get(GraphEncoding(encoding)) if encoding in GraphEncoding._value2member_map_ else None
+    backend = backend_for(known) if known is not None else None
+    if backend is None:
+        raise AbiFailure(Errno.INVALID_ENCODING, f"encoding {encoding} is not supported")
+    if TARGETS[ExecutionTarget(target)] not in backend.targets:
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"the {backend.encoding.value} backend does not run there")
+    if len(builders) != backend.builder_count:
+        raise AbiFailure(
+            Errno.INVALID_ARGUMENT,
+            f"{backend.encoding.value} takes {backend.builder_count} graph builder(s), got {len(builders)}",
+        )
     if call.loaded_graphs >= call.limits.max_loaded_graphs or call.graph_cache is None:
-        raise NnFailure(Errno.BUSY, "too many models loaded from bytes in one run")
+        raise AbiFailure(Errno.BUSY, "too many models loaded from bytes in one run")
     _refuse_past_deadline(call)
     try:
-        graph = call.graph_cache.get_or_load(builders[0].tobytes())
+        graph = call.graph_cache.get_or_load(backend, [b.tobytes() for b in builders])
     except ValueError as exc:
-        raise NnFailure(Errno.INVALID_ARGUMENT, str(exc)) from exc
+        raise AbiFailure(Errno.INVALID_ARGUMENT, str(exc)) from exc
     call.loaded_graphs += 1
-    memory.write_u32(graph_out, _new_graph_handle(call, graph))
+    memory.write_u32(graph_out, _nn(call).graphs.insert(graph))
 
 
 def _load_named(
@@ -170,13 +181,14 @@ def _load_named(
     try:
         name = memory.read_bytes(name_ptr, name_len).rstrip(b"\0").decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise NnFailure(Errno.INVALID_ARGUMENT, "graph name is not UTF-8") from exc
-    handle = call.graph_ids_by_name.get(name)
+        raise AbiFailure(Errno.INVALID_ARGUMENT, "graph name is not UTF-8") from exc
+    nn = _nn(call)
+    handle = nn.graph_ids_by_name.get(name)
     if handle is None:
         graph = call.named_graphs.get(name)
         if graph is None:
-            raise NnFailure(Errno.NOT_FOUND, f"no model named {name!r}")
-        handle = call.graph_ids_by_name[name] = _new_graph_handle(call, graph)
+            raise AbiFailure(Errno.NOT_FOUND, f"no model named {name!r}")
+        handle = nn.graph_ids_by_name[name] = nn.graphs.insert(graph)
     memory.write_u32(graph_out, handle)
 
 
@@ -197,7 +209,7 @@ def load_by_name_with_config(
     config_len: int,
     graph_out: int,
 ) -> None:
-    # The TFLite backend has no load-time options: the config is checked, then ignored.
+    # No backend takes load-time options yet: the config is checked, then ignored.
     memory.view(config_ptr, config_len)
     _load_named(memory, call, name_ptr, name_len, graph_out)
 
@@ -209,10 +221,9 @@ def init_execution_context(
     memory.view(context_out, 4)
     model = _graph(call, graph)
     if call.live_contexts() >= call.limits.max_contexts:
-        raise NnFailure(Errno.BUSY, f"more than {call.limits.max_contexts} execution contexts")
+        raise AbiFailure(Errno.BUSY, f"more than {call.limits.max_contexts} execution contexts")
     _refuse_past_deadline(call)
-    call.contexts.append(model.new_context())
-    memory.write_u32(context_out, len(call.contexts) - 1)
+    memory.write_u32(context_out, _nn(call).contexts.insert(model.new_context()))
 
 
 @_abi
@@ -223,24 +234,24 @@ def set_input(
         int(v) for v in memory.read_u32s(tensor_ptr, TENSOR_STRUCT_SIZE // 4)
     )
     if dims_len > MAX_RANK:
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"rank {dims_len} is too large")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"rank {dims_len} is too large")
     dims = tuple(int(d) for d in memory.read_u32s(dims_ptr, dims_len))
     data = memory.view(data_ptr, data_len)
     ctx = _context(call, context)
     if index >= len(ctx.spec.inputs):
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"input {index} does not exist")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"input {index} does not exist")
     spec = ctx.spec.inputs[index]
     if data_len != spec.nbytes:
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"input {index} takes {spec.nbytes} bytes, got {data_len}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"input {index} takes {spec.nbytes} bytes, got {data_len}")
     if dims_len != len(spec.shape):
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"input {index} has rank {len(spec.shape)}, got {dims_len}")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"input {index} has rank {len(spec.shape)}, got {dims_len}")
     if dims != spec.shape:
-        raise NnFailure(
+        raise AbiFailure(
             Errno.INVALID_ARGUMENT, f"input {index} has shape {list(spec.shape)}, got {list(dims)}"
         )
     type_code = type_word & 0xFF  # a u8 enum; padding bytes may hold garbage
     if type_code not in ACCEPTED_TYPE_CODES.get(spec.dtype, frozenset()):
-        raise NnFailure(
+        raise AbiFailure(
             Errno.INVALID_ARGUMENT, f"tensor type {type_code} does not match the model's {spec.dtype}"
         )
     ctx.set_input(index, data)
@@ -271,11 +282,11 @@ def get_output(
     out = memory.view(out_ptr, out_max)
     ctx = _context(call, context)
     if index >= len(ctx.spec.outputs):
-        raise NnFailure(Errno.INVALID_ARGUMENT, f"output {index} does not exist")
+        raise AbiFailure(Errno.INVALID_ARGUMENT, f"output {index} does not exist")
     data = ctx.output(index).reshape(-1).view(np.uint8)
     if data.size > out_max:
         # As every released WasmEdge: invalid_argument, bytes_written left untouched.
-        raise NnFailure(
+        raise AbiFailure(
             Errno.INVALID_ARGUMENT, f"output {index} needs {data.size} bytes, buffer has {out_max}"
         )
     out[: data.size] = data
@@ -285,33 +296,29 @@ def get_output(
 @_abi
 def unload(memory: GuestMemory, call: guest_call.GuestCall, graph: int) -> None:
     _graph(call, graph)
-    call.graphs[graph] = None
-    call.graph_ids_by_name = {n: h for n, h in call.graph_ids_by_name.items() if h != graph}
+    nn = _nn(call)
+    nn.graphs.remove(graph)
+    nn.graph_ids_by_name = {n: h for n, h in nn.graph_ids_by_name.items() if h != graph}
 
 
 @_abi
 def finalize_execution_context(memory: GuestMemory, call: guest_call.GuestCall, context: int) -> None:
     _context(call, context).release()
-    call.contexts[context] = None
+    _nn(call).contexts.remove(context)
 
 
-_I32 = wasmtime.ValType.i32()
-
-FUNCTIONS: dict[str, tuple[Callable[..., int], int]] = {
-    # name: (host function, number of i32 parameters); every one returns an i32 errno
-    "load": (load, 5),
-    "load_by_name": (load_by_name, 3),
-    "load_by_name_with_config": (load_by_name_with_config, 5),
-    "init_execution_context": (init_execution_context, 2),
-    "set_input": (set_input, 3),
-    "compute": (compute, 1),
-    "get_output": (get_output, 5),
-    "unload": (unload, 1),
-    "finalize_execution_context": (finalize_execution_context, 1),
-}
+FUNCTIONS = (
+    load,
+    load_by_name,
+    load_by_name_with_config,
+    init_execution_context,
+    set_input,
+    compute,
+    get_output,
+    unload,
+    finalize_execution_context,
+)
 
 
 def define(linker: wasmtime.Linker) -> None:
-    for name, (function, arity) in FUNCTIONS.items():
-        func_type = wasmtime.FuncType([_I32] * arity, [_I32])
-        linker.define_func(MODULE, name, func_type, function, access_caller=True)
+    define_errno_functions(linker, MODULE, FUNCTIONS)

@@ -20,10 +20,10 @@ import struct
 import time
 
 import wasmtime
-from wasmtime import _bindings
 
 from . import call as guest_call
 from .memory import GuestMemory, GuestMemoryError, MissingMemory
+from .wasmtime_capi import interrupt_on_return
 
 MODULE = "wasi_snapshot_preview1"
 SUBSCRIPTION_SIZE = 48
@@ -88,7 +88,7 @@ def poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, 
             if wait >= time_left:
                 time.sleep(max(time_left, 0.0))
                 call.past_deadline()
-                _interrupt_on_return(caller)
+                interrupt_on_return(caller)
             else:
                 time.sleep(wait)
             fired = [(userdata, TAG_CLOCK) for userdata, seconds in clocks if seconds <= wait]
@@ -109,12 +109,6 @@ def poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, 
     except _Invalid as exc:
         call.note(f"poll_oneoff: {exc}")
         return ERRNO_INVAL
-
-
-def _interrupt_on_return(caller: wasmtime.Caller) -> None:
-    """Trap at the guest's next epoch check (its next call or loop back-edge)."""
-    # wasmtime-py exposes set_epoch_deadline on Store only; a Caller carries the same context.
-    _bindings.wasmtime_context_set_epoch_deadline(caller._context(), 0)
 
 
 def define(linker: wasmtime.Linker) -> None:

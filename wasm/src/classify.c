@@ -3,17 +3,11 @@
  *
  * Reads an encoded image on stdin, has the host decode and resize it
  * (wasmedge_image), runs the preloaded model through wasi-nn, and prints the
- * top-k classes as one JSON line:
+ * top-k classes as one JSON line. Its options, output and exit codes are in
+ * classify_interface.h.
  *
- *   {"predictions":[{"index":98,"label":"drake","score":0.960784},...]}
- *
- * Usage (options take one value each, in any order):
- *   classify --model NAME --input-type u8|i8|f32 --input-shape DIMS
- *            --output-type u8|i8|f32 [--output-scale S] [--output-zero-point Z]
- *            [--top-k K] [--labels PATH]
- *
- * Every error is one "classify: ..." line on stderr, nothing on stdout, and a
- * sysexits-style exit code (see below).
+ * Every error is one "classify: ..." line on stderr, nothing on stdout, and
+ * one of the exit codes there.
  */
 #include <errno.h>
 #include <math.h>
@@ -23,22 +17,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "classify_interface.h"
 #include "wasi_nn.h"
 #include "wasmedge_image.h"
 
-/* Exit codes (sysexits.h values). */
 enum {
-    EXIT_USAGE = 64,    /* EX_USAGE: bad command line      */
-    EXIT_DATA = 65,     /* EX_DATAERR: no or bad image     */
-    EXIT_NO_MODEL = 66, /* EX_NOINPUT: model not found     */
-    EXIT_NN = 70,       /* EX_SOFTWARE: wasi-nn / internal */
-    EXIT_IO = 74,       /* EX_IOERR: labels, stdin, stdout */
+    EXIT_USAGE = CLASSIFY_EXIT_USAGE,
+    EXIT_DATA = CLASSIFY_EXIT_DATA,
+    EXIT_NO_MODEL = CLASSIFY_EXIT_NO_MODEL,
+    EXIT_NN = CLASSIFY_EXIT_NN,
+    EXIT_IO = CLASSIFY_EXIT_IO,
 };
 
 static const char USAGE[] =
     "usage: classify --model NAME --input-type u8|i8|f32 --input-shape DIMS "
-    "--output-type u8|i8|f32 [--output-scale S] [--output-zero-point Z] "
-    "[--top-k K] [--labels PATH]";
+    "--input-mean M --input-std S --output-type u8|i8|f32 "
+    "[--output-scale S --output-zero-point Z] --top-k K [--labels PATH]";
 
 /* Each dimension and the pixel count are bounded so that every byte size
  * below fits comfortably in a u32 (the f32 tensor is H*W*3*4 bytes). */
@@ -69,8 +63,10 @@ typedef struct {
     dtype input_type;
     uint32_t dims[4];
     uint32_t rank;
+    float input_mean;
+    float input_std;
     dtype output_type;
-    double output_scale; /* 0 = not quantized */
+    double output_scale;
     long output_zero_point;
     const char *labels_path; /* NULL = no labels */
 } options;
@@ -154,14 +150,15 @@ static long parse_long(const char *option, const char *value)
     return n;
 }
 
-static double parse_scale(const char *value)
+/* A finite number; `positive` also rules out zero and negatives. */
+static double parse_real(const char *option, const char *value, int positive)
 {
     char *end;
     errno = 0;
     double s = strtod(value, &end);
     if (value[0] == '\0' || value[0] == ' ' || value[0] == '\t' || *end != '\0' || errno != 0
-        || !isfinite(s) || s < 0)
-        usage_error("bad number for", "--output-scale");
+        || !isfinite(s) || (positive && !(s > 0)))
+        usage_error("bad number for", option);
     return s;
 }
 
@@ -205,15 +202,17 @@ static void parse_shape(const char *value, options *o)
 
 static void parse_args(int argc, char **argv, options *o)
 {
-    int have_input_type = 0, have_output_type = 0;
+    int have_input_type = 0, have_output_type = 0, have_mean = 0, have_std = 0;
+    int have_scale = 0, have_zero_point = 0;
 
-    *o = (options){ .top_k = 5 };
+    *o = (options){ .top_k = 0 };
     for (int i = 1; i < argc; i += 2) {
         const char *name = argv[i];
         int known = strcmp(name, "--model") == 0 || strcmp(name, "--top-k") == 0
                  || strcmp(name, "--input-type") == 0 || strcmp(name, "--input-shape") == 0
                  || strcmp(name, "--output-type") == 0 || strcmp(name, "--output-scale") == 0
-                 || strcmp(name, "--output-zero-point") == 0 || strcmp(name, "--labels") == 0;
+                 || strcmp(name, "--output-zero-point") == 0 || strcmp(name, "--labels") == 0
+                 || strcmp(name, "--input-mean") == 0 || strcmp(name, "--input-std") == 0;
         if (!known)
             usage_error("unknown option", name);
         if (i + 1 >= argc)
@@ -234,10 +233,18 @@ static void parse_args(int argc, char **argv, options *o)
         } else if (strcmp(name, "--output-type") == 0) {
             o->output_type = parse_dtype(name, value);
             have_output_type = 1;
+        } else if (strcmp(name, "--input-mean") == 0) {
+            o->input_mean = (float)parse_real(name, value, 0);
+            have_mean = 1;
+        } else if (strcmp(name, "--input-std") == 0) {
+            o->input_std = (float)parse_real(name, value, 1);
+            have_std = 1;
         } else if (strcmp(name, "--output-scale") == 0) {
-            o->output_scale = parse_scale(value);
+            o->output_scale = parse_real(name, value, 1);
+            have_scale = 1;
         } else if (strcmp(name, "--output-zero-point") == 0) {
             o->output_zero_point = parse_long(name, value);
+            have_zero_point = 1;
         } else {
             o->labels_path = value;
         }
@@ -248,8 +255,18 @@ static void parse_args(int argc, char **argv, options *o)
         usage_error("missing option", "--input-type");
     if (o->rank == 0)
         usage_error("missing option", "--input-shape");
+    if (!have_mean)
+        usage_error("missing option", "--input-mean");
+    if (!have_std)
+        usage_error("missing option", "--input-std");
     if (!have_output_type)
         usage_error("missing option", "--output-type");
+    if (o->output_type != DTYPE_F32 && !have_scale)
+        usage_error("missing option", "--output-scale");
+    if (o->output_type != DTYPE_F32 && !have_zero_point)
+        usage_error("missing option", "--output-zero-point");
+    if (o->top_k == 0)
+        usage_error("missing option", "--top-k");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -363,13 +380,23 @@ static uint8_t luma(const uint8_t *px)
     return (uint8_t)((px[0] * 19595u + px[1] * 38470u + px[2] * 7471u + 0x8000u) >> 16);
 }
 
-/* Pixel values (HWC, `channels` per pixel) in the model's input dtype.
- * RGB uint8 models take the decoded pixels as they are: no copy. */
+/* An integer input value: (x - mean) / std, rounded, clamped to [lo, hi]. */
+static int integer_input(uint8_t x, float mean, float std, int lo, int hi)
+{
+    float v = roundf(((float)x - mean) / std);
+    return v < (float)lo ? lo : v > (float)hi ? hi : (int)v;
+}
+
+/* Pixel values (HWC, `channels` per pixel) in the model's input dtype, as
+ * (x - mean) / std. RGB uint8 models with mean 0 and std 1 take the decoded
+ * pixels as they are: no copy. */
 static uint8_t *convert_pixels(uint8_t *rgb, uint32_t pixels, uint32_t channels,
-                               dtype type, uint32_t *bytes_out)
+                               const options *o, uint32_t *bytes_out)
 {
     uint32_t count = pixels * channels;
-    if (channels == 3 && type == DTYPE_U8) {
+    dtype type = o->input_type;
+    float mean = o->input_mean, std = o->input_std;
+    if (channels == 3 && type == DTYPE_U8 && mean == 0.0f && std == 1.0f) {
         *bytes_out = count;
         return rgb;
     }
@@ -378,11 +405,11 @@ static uint8_t *convert_pixels(uint8_t *rgb, uint32_t pixels, uint32_t channels,
     for (uint32_t i = 0; i < count; i++) {
         uint8_t x = channels == 1 ? luma(rgb + 3 * i) : rgb[i];
         if (type == DTYPE_U8) {
-            out[i] = x;
+            out[i] = (uint8_t)integer_input(x, mean, std, 0, 255);
         } else if (type == DTYPE_I8) {
-            out[i] = (uint8_t)(int8_t)(x - 128);
+            out[i] = (uint8_t)(int8_t)integer_input(x, mean, std, -128, 127);
         } else {
-            float f = (x - 127.5f) / 127.5f;
+            float f = ((float)x - mean) / std;
             memcpy(out + 4 * (size_t)i, &f, sizeof f);
         }
     }
@@ -467,10 +494,7 @@ static double *dequantize(const options *o, const uint8_t *raw, size_t n)
             s = f;
         } else {
             double q = o->output_type == DTYPE_U8 ? (double)raw[i] : (double)(int8_t)raw[i];
-            if (scale > 0)
-                s = (q - zero) * scale;
-            else /* not quantized: map the type's range onto [0, 1] */
-                s = o->output_type == DTYPE_U8 ? q / 255.0 : (q + 128.0) / 255.0;
+            s = (q - zero) * scale;
         }
         scores[i] = finite_score(s);
     }
@@ -595,7 +619,7 @@ int main(int argc, char **argv)
 
     uint8_t *rgb = decode_image(encoded, encoded_len, w, h);
     uint32_t input_len;
-    uint8_t *input = convert_pixels(rgb, h * w, c, opt.input_type, &input_len);
+    uint8_t *input = convert_pixels(rgb, h * w, c, &opt, &input_len);
 
     uint32_t raw_len;
     uint8_t *raw = run_model(&opt, input, input_len, &raw_len);

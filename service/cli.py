@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .config import ServeSettings, Settings
 from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
@@ -23,7 +23,7 @@ from .guest_args import parse_template
 from .inference.backend import load_graph
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
-from .stores.base import Store
+from .stores.base import GuestManifest, ModelManifest, Progress, Store
 from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
 
@@ -183,7 +183,7 @@ def _sidecar(connect: Callable[[], _T]) -> _T:
         ) from exc
 
 
-def _progress(label: str):
+def _progress(label: str) -> Progress:
     interactive = sys.stderr.isatty()
 
     def show(done: int, total: int) -> None:
@@ -230,16 +230,23 @@ def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _models_list(args: argparse.Namespace, settings: Settings) -> int:
-    manifests = _store(settings).list()
-    if args.json:
+def _print_manifests(manifests: Sequence[Any], as_json: bool, line: Callable[[Any], str]) -> int:
+    """`models list` / `guests list`: JSON, or one tab-separated line each."""
+    if as_json:
         print(json.dumps([m.to_dict() for m in manifests], indent=2))
-        return 0
-    for m in manifests:
+    else:
+        for manifest in manifests:
+            print(line(manifest))
+    return 0
+
+
+def _models_list(args: argparse.Namespace, settings: Settings) -> int:
+    def line(m: ModelManifest) -> str:
         tensor = m.spec.inputs[0]
         shape = "x".join(str(d) for d in tensor.shape)
-        print(f"{m.name}\tv{m.version}\t{tensor.dtype} {shape}\t{m.num_classes} classes\t{m.sha256[:12]}")
-    return 0
+        return f"{m.name}\tv{m.version}\t{tensor.dtype} {shape}\t{m.num_classes} classes\t{m.sha256[:12]}"
+
+    return _print_manifests(_store(settings).list_models(), args.json, line)
 
 
 def _models_rm(args: argparse.Namespace, settings: Settings) -> int:
@@ -260,14 +267,11 @@ def _guests_put(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _guests_list(args: argparse.Namespace, settings: Settings) -> int:
-    manifests = _store(settings).list_guests()
-    if args.json:
-        print(json.dumps([m.to_dict() for m in manifests], indent=2))
-        return 0
-    for m in manifests:
+    def line(m: GuestManifest) -> str:
         template = shlex.join(m.args) if m.args is not None else "(default interface)"
-        print(f"{m.name}\tv{m.version}\t{m.size} bytes\t{m.sha256[:12]}\t{template}")
-    return 0
+        return f"{m.name}\tv{m.version}\t{m.size} bytes\t{m.sha256[:12]}\t{template}"
+
+    return _print_manifests(_store(settings).list_guests(), args.json, line)
 
 
 def _guests_rm(args: argparse.Namespace, settings: Settings) -> int:
@@ -311,14 +315,15 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
                 print(json.dumps({"image": str(image), **json.loads(response.data)}))
             except Exception as exc:  # one line per failed image, then the next image
                 failed += 1
-                print(f"classifier: {image}: {_invocation_error(exc)}", file=sys.stderr)
+                print(f"classifier: {image}: {_call_error(exc)}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _invocation_error(exc: Exception) -> str:
-    """A failed invocation in one line: the service's error code (the ErrorInfo reason in the
-    status daprd passes on) and message, or daprd's own error code when the call never got
-    an answer from the service."""
+def _call_error(exc: Exception) -> str:
+    """A failed call through the sidecar in one line: the service's error code (the ErrorInfo
+    reason in the status daprd passes on) and message, or daprd's own error code when the call
+    never reached the service. Takes the SDK's DaprHttpError and DaprGrpcError, a plain
+    grpc.RpcError (InvokeService) and our own errors."""
     import grpc
     from dapr.clients.exceptions import DaprHttpError
     from google.rpc import error_details_pb2
@@ -330,7 +335,8 @@ def _invocation_error(exc: Exception) -> str:
         except ValueError:
             body = {}
         body = body if isinstance(body, dict) else {}
-        details = body.get("details") if isinstance(body.get("details"), list) else []
+        raw_details = body.get("details")
+        details = raw_details if isinstance(raw_details, list) else []
         reasons = [
             str(d.get("reason"))
             for d in details
@@ -338,14 +344,18 @@ def _invocation_error(exc: Exception) -> str:
         ]
         code = reasons[0].lower() if reasons else str(body.get("errorCode") or "error")
         return f"{code} (HTTP {exc.status_code}): {body.get('message') or exc.message}"
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):  # DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-        code = exc.code().name.lower()
+    code_of, details_of = getattr(exc, "code", None), getattr(exc, "details", None)
+    if isinstance(exc, grpc.RpcError) and callable(code_of) and callable(details_of):
+        code = str(getattr(code_of(), "name", code_of())).lower()
+        try:  # DaprGrpcError has no trailing metadata: no ErrorInfo to read
+            status = rpc_status.from_call(exc)
+        except AttributeError:
+            status = None
         for detail in status.details if status is not None else ():
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
                 code = info.reason.lower()
-        return f"{code}: {exc.details()}"
+        return f"{code}: {details_of()}"
     if isinstance(exc, ClassifierError):
         return exc.message
     return str(exc) or type(exc).__name__
@@ -375,18 +385,10 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
                 )
             except Exception as exc:  # one line per failed image, then the next image
                 failed += 1
-                print(f"classifier: {image}: not published: {_rpc_error(exc)}", file=sys.stderr)
+                print(f"classifier: {image}: not published: {_call_error(exc)}", file=sys.stderr)
                 continue
             print(f"published {image} to {serve.pubsub}/{serve.images_topic} as event {event_id}")
     return 1 if failed else 0
-
-
-def _rpc_error(exc: Exception) -> str:
-    """A failed gRPC call to the sidecar (the SDK's DaprGrpcError, a grpc.RpcError) in one line."""
-    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-    if callable(code) and callable(details):
-        return f"{getattr(code(), 'name', code()).lower()}: {details()}"
-    return str(exc) or type(exc).__name__
 
 
 def _classify(args: argparse.Namespace, settings: Settings) -> int:
@@ -418,7 +420,7 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def _summary(response: dict) -> str:
+def _summary(response: dict[str, Any]) -> str:
     predictions = response.get("predictions")
     if not isinstance(predictions, list):
         return json.dumps(response)

@@ -35,7 +35,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_serve(env: dict[str, str], port: int | None = None, **popen: Any) -> tuple[subprocess.Popen, int]:
+def start_serve(
+    env: dict[str, str], port: int | None = None, **popen: Any
+) -> tuple[subprocess.Popen[Any], int]:
     """`classifier serve` on the embedded store (no sidecar), on a free port unless given."""
     port = port or free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DAPR_")}
@@ -44,7 +46,7 @@ def start_serve(env: dict[str, str], port: int | None = None, **popen: Any) -> t
     return server, port
 
 
-def stop_serve(server: subprocess.Popen) -> int:
+def stop_serve(server: subprocess.Popen[Any]) -> int:
     """SIGTERM, as `dapr run` stops an app; the exit code."""
     server.send_signal(signal.SIGTERM)
     try:
@@ -100,7 +102,7 @@ def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> 
 
 
 def wait_healthy(
-    channel: grpc.Channel, server: subprocess.Popen, port: int, timeout_s: float = START_TIMEOUT_S
+    channel: grpc.Channel, server: subprocess.Popen[Any], port: int, timeout_s: float = START_TIMEOUT_S
 ) -> None:
     """As daprd does: wait until the app port accepts a TCP connection, list the
     subscriptions, then poll the health check until it passes."""
@@ -138,12 +140,12 @@ def _accepts_connections(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _check_running(server: subprocess.Popen) -> None:
+def _check_running(server: subprocess.Popen[Any]) -> None:
     if server.poll() is not None:
         raise RuntimeError(f"classifier serve exited with code {server.returncode} during start-up")
 
 
-def _summary(response: dict) -> str:
+def _summary(response: dict[str, Any]) -> str:
     predictions = response.get("predictions") or []
     top = ", ".join(f"{p.get('label') or p.get('index')} {float(p.get('score', 0)):.3f}" for p in predictions)
     return f"{top}  [{response.get('model')} v{response.get('version')}, {response.get('elapsed_ms')} ms]"

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_OUTPUT_PIXELS = 16_000_000
@@ -163,7 +163,7 @@ def _decoding() -> Iterator[None]:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageError(str(exc)) from exc
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         raise ImageError("not a recognised image format") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"could not decode image: {exc}") from exc

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -127,6 +128,43 @@ class Classifier:
     def model(self, name: str) -> LoadedModel:
         """The active version of a model, loading it from the store on first use."""
         return self.models.get(name)
+
+    # -- what the edge needs to know and do: start-up, status, the default model -----------
+
+    def load_models(self, names: Sequence[str] = ()) -> list[str]:
+        """Load the named models (default: every model in the store); the names loaded.
+        Raises ClassifierError (NOT_FOUND for a name not stored yet, UNAVAILABLE for the store)."""
+        names = list(names) or [manifest.name for manifest in self.store.list_models()]
+        for name in names:
+            self.models.get(name)
+        return names
+
+    def loaded_models(self) -> list[tuple[str, int]]:
+        """(name, version) of every active model."""
+        return [(loaded.name, loaded.version) for loaded in self.models.loaded()]
+
+    def warm(self) -> None:
+        """Ready inference for every active model on the calling thread (each worker, at start-up)."""
+        for loaded in self.models.loaded():
+            loaded.graph.warm()
+
+    def default_model(self, configured: str | None = None) -> str | None:
+        """The model for requests that name none: the configured one, else the only one loaded."""
+        if configured:
+            return configured
+        loaded = self.models.loaded()
+        return loaded[0].name if len(loaded) == 1 else None
+
+    def status(self) -> dict[str, Any]:
+        """The models (active versions, failures) and the business-logic guest, for the `models` method."""
+        business = self.business
+        return {
+            "models": [status.to_dict() for status in self.models.statuses()],
+            "guest": {
+                "sha256": business.guest.digest,
+                "args": list(business.args_template) if business.args_template is not None else None,
+            },
+        }
 
     def set_guest(
         self, wasm: bytes, name: str = "classify", args_template: tuple[str, ...] | None = None

@@ -125,7 +125,7 @@ class ModelRegistry:
         """Refresh the given models (default: every model in the store and every loaded
         one); the names of those whose version changed."""
         if names is None:
-            names = sorted({m.name for m in self.store.list()} | set(self._models))
+            names = sorted({m.name for m in self.store.list_models()} | set(self._models))
         return [name for name in names if self.refresh(name)]
 
     # -- internals ------------------------------------------------------------------------

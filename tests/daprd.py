@@ -483,7 +483,7 @@ class FakeDaprd:
         dapr_api_token: str | None = None,
         state_stores: Collection[str] | None = None,
         pubsubs: Collection[str] | None = None,
-        app_call_timeout_s: float = 10.0,
+        app_call_timeout_s: float = 60.0,  # how long the double waits for an answer (daprd: forever)
     ) -> None:
         """``key_prefix``: daprd's keyPrefix: "none", "appid", "name" (store name) or a literal prefix.
         ``dapr_api_token``: daprd's DAPR_API_TOKEN; API calls without it get UNAUTHENTICATED.
@@ -1080,10 +1080,17 @@ class FakeDaprd:
             ("dapr-caller-app-id", caller_app_id),
             ("dapr-callee-app-id", self.app_id),
         ]
+        # As daprd: OnInvoke carries no deadline (dapr pkg/channel/grpc/grpc_channel.go:218 calls
+        # the app on context.Background()), so the app bounds the work itself. The double only
+        # stops waiting after app_call_timeout_s, so that a hung app cannot hang a test.
+        future = appcallback_pb2_grpc.AppCallbackStub(invoke_channel).OnInvoke.future(
+            request, metadata=call_metadata
+        )
         try:
-            response = appcallback_pb2_grpc.AppCallbackStub(invoke_channel).OnInvoke(
-                request, metadata=call_metadata, timeout=self.app_call_timeout_s
-            )
+            response = future.result(timeout=self.app_call_timeout_s)
+        except grpc.FutureTimeoutError:
+            future.cancel()
+            return InvokeResult(grpc.StatusCode.DEADLINE_EXCEEDED, b"", "", "the double stopped waiting")
         except grpc.RpcError as error:
             status = rpc_status.from_call(error)  # type: ignore[arg-type]
             details = tuple(status.details) if status is not None else ()

@@ -163,3 +163,21 @@ def test_wasm_run_refuses_bad_flags(capfd, test_guests) -> None:
     assert code == 1 and "only the TensorflowLite encoding" in err
     code, _, err = run(capfd, "wasm", "run", "--dir", "/nowhere/at/all", test_guests["probe"], "env")
     assert code == 1 and "is not a directory" in err
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable() -> None:
+    """README "Settings": the example, run as shown, prints what it shows; other bad values too."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme.split("$ CLASSIFIER_WORKERS=abc classifier serve\n", 1)[1].split("\n", 1)[0]
+    cases = {
+        ("CLASSIFIER_WORKERS", "abc"): shown,
+        ("CLASSIFIER_TIMEOUT_S", "-1"): "classifier: CLASSIFIER_TIMEOUT_S='-1': must be a number >= 0",
+        ("APP_PORT", "99999"): "classifier: APP_PORT='99999': must be a port number (0-65535)",
+        ("CLASSIFIER_MAX_MEMORY_MB", "0"): "classifier: CLASSIFIER_MAX_MEMORY_MB='0': must be at least 1",
+    }
+    for (variable, value), expected in cases.items():
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "CLASSIFIER_", "APP_"))}
+        result = subprocess.run(
+            [CLASSIFIER, "serve"], env={**env, variable: value}, capture_output=True, text=True, timeout=60
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", expected + "\n"), variable

@@ -15,7 +15,6 @@ import pytest
 from dapr.clients import DaprClient
 from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
-from dapr.clients.grpc._state import Concurrency, StateOptions
 from dapr.ext.grpc import (
     App,
     InvokeMethodRequest,
@@ -26,6 +25,8 @@ from dapr.ext.grpc import (
 from dapr.proto.runtime.v1 import dapr_pb2_grpc, state_pb2
 from daprd import FakeDaprd, RetryPolicy
 from google.protobuf import struct_pb2
+
+from service.dapr_sdk import Concurrency, StateOptions, grpc_server
 
 STORE = "statestore"
 APP_TOKEN = "app-secret"
@@ -80,8 +81,8 @@ def start_tiny_app() -> TinyApp:
     app.subscribe(pubsub_name="pubsub", topic="t", dead_letter_topic="t-dead")(on_t)
     app.register_health_check(lambda: None)
     # App.run() blocks; start its server ourselves on a free loopback port.
-    tiny.port = app._server.add_insecure_port("127.0.0.1:0")
-    app._server.start()
+    tiny.port = grpc_server(app).add_insecure_port("127.0.0.1:0")
+    grpc_server(app).start()
     return tiny
 
 
@@ -89,7 +90,7 @@ def start_tiny_app() -> TinyApp:
 def tiny_app() -> Iterator[TinyApp]:
     tiny = start_tiny_app()
     yield tiny
-    tiny.app._server.stop(0).wait(2)
+    grpc_server(tiny.app).stop(0).wait(2)
 
 
 @pytest.fixture
@@ -404,7 +405,7 @@ def test_app_token_missing_on_subscriptions_and_health(tiny_app: TinyApp) -> Non
 def test_health_check_false_when_the_app_is_gone(tiny_app: TinyApp) -> None:
     with FakeDaprd(app_port=tiny_app.port) as double:
         assert double.health_check() is True
-        tiny_app.app._server.stop(0).wait(2)
+        grpc_server(tiny_app.app).stop(0).wait(2)
         assert double.health_check() is False
 
 

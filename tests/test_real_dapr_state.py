@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from conftest import IMAGES, MODELS, ROOT
 from dapr.clients import DaprClient
-from dapr.clients.grpc._state import Concurrency, StateOptions
 from real_dapr import Daprd, Stack, sidecar_env, stack, wait_for
 
+from service.dapr_sdk import Concurrency, StateOptions
 from service.stores.dapr import CHUNK_BYTES, DaprStore
 
 pytestmark = pytest.mark.dapr

@@ -85,12 +85,12 @@ def test_labels_default_to_the_model_metadata(store: Store) -> None:
 
 
 def test_list_and_remove(store: Store) -> None:
-    assert store.list() == []
+    assert store.list_models() == []
     store.put("b", BIRDS)
     store.put("a", MOBILENET)
-    assert [m.name for m in store.list()] == ["a", "b"]
+    assert [m.name for m in store.list_models()] == ["a", "b"]
     store.remove("b")
-    assert [m.name for m in store.list()] == ["a"]
+    assert [m.name for m in store.list_models()] == ["a"]
     for call in (lambda: store.manifest("b"), lambda: store.get("b"), lambda: store.remove("b")):
         with pytest.raises(ClassifierError) as exc:
             call()
@@ -112,7 +112,7 @@ def test_bad_uploads_are_refused_and_store_nothing(
     with pytest.raises(ClassifierError) as exc:
         store.put(name, model, labels)
     assert error_kind(exc) == ErrorKind.INVALID_ARGUMENT and message in exc.value.message
-    assert store.list() == []
+    assert store.list_models() == []
 
 
 def test_upload_progress_reaches_the_total(store: Store) -> None:

@@ -35,10 +35,11 @@ from dapr.ext.grpc import (
 )
 
 from ..config import ServeSettings, Settings
+from ..dapr_sdk import grpc_server, sidecar_client
 from ..errors import ClassifierError, ErrorKind, invalid_argument
 from ..pipeline import DEFAULT_TOP_K, Classifier
 from ..stores.base import Store
-from ..stores.dapr import DaprStore, sidecar_client
+from ..stores.dapr import DaprStore
 from ..stores.local import LocalStore
 from ..watcher import Watcher
 from .calls import EdgeInterceptor, current_call
@@ -102,7 +103,7 @@ class ClassifierService:
             )
             self.app.subscribe(serve.updates_pubsub, serve.updates_topic)(self.on_update)
         # The SDK's App has no public way to bind port 0 or to stop with a grace period.
-        self._server: grpc.Server = self.app._server
+        self._server: grpc.Server = grpc_server(self.app)
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class ClassifierService:
             self._warm_workers(classifier)
             watcher.start()
             self.ready.set()
-            names = ", ".join(f"{m.name} v{m.version}" for m in classifier.models.loaded()) or "none"
+            names = ", ".join(f"{name} v{version}" for name, version in classifier.loaded_models()) or "none"
             self._set_state(f"ready: models {names}")
         except Exception as exc:  # start-up must say why it failed, not die silently
             if isinstance(exc, ClassifierError):
@@ -184,10 +185,7 @@ class ClassifierService:
         while not self.stopping.is_set():
             try:
                 watcher.refresh_guest()
-                names = list(self.serve.models) or [m.name for m in classifier.store.list()]
-                if names:
-                    for name in names:
-                        classifier.models.get(name)
+                if classifier.load_models(self.serve.models):
                     self.startup_error = None
                     return
                 self._set_state(
@@ -207,13 +205,11 @@ class ClassifierService:
         """Build one interpreter per model on every worker thread before the first request."""
         workers = self.serve.workers
         barrier = threading.Barrier(workers)
-        graphs = [loaded.graph for loaded in classifier.models.loaded()]
 
         def warm() -> None:
             with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait(timeout=10)  # holds each task on its own thread
-            for graph in graphs:
-                graph.warm()
+            classifier.warm()
 
         for future in [self.pool.submit(warm) for _ in range(workers)]:
             future.result()
@@ -249,7 +245,9 @@ class ClassifierService:
             packed.Unpack(message)
             classify_request = from_proto(message)
         else:
-            classify_request = decode_body(request.data, request.content_type, call.querystring, self.fetcher)
+            classify_request = decode_body(
+                request.data, request.content_type or "", call.querystring, self.fetcher
+            )
         remaining = call.time_remaining()
         response = self.classify(classify_request, timeout_s=remaining)
         if request.is_proto():
@@ -260,33 +258,22 @@ class ClassifierService:
 
     def on_models(self, request: InvokeMethodRequest) -> InvokeMethodResponse:
         classifier = self._classifier()
-        body = {
-            "models": [status.to_dict() for status in classifier.models.statuses()],
-            "guest": {
-                "name": self.watcher.guest_name if self.watcher and self.watcher.guest_name else "default",
-                "sha256": classifier.guest.digest,
-                "args": list(classifier.business.args_template)
-                if classifier.business.args_template is not None
-                else None,
-                "error": self.watcher.guest_error if self.watcher else None,
-            },
-            "default_model": self._default_model_name(classifier),
+        body = classifier.status()
+        body["guest"] = {
+            "name": self.watcher.guest_name if self.watcher and self.watcher.guest_name else "default",
+            **body["guest"],
+            "error": self.watcher.guest_error if self.watcher else None,
         }
+        body["default_model"] = classifier.default_model(self.serve.default_model)
         return InvokeMethodResponse(json.dumps(body).encode(), "application/json")
 
     def classify(self, request: ClassifyRequest, timeout_s: float | None = None) -> dict[str, Any]:
         classifier = self._classifier()
-        model = request.model or self._default_model_name(classifier)
+        model = request.model or classifier.default_model(self.serve.default_model)
         if model is None:
             raise invalid_argument("name a model: `model` in the request (or ?model= for raw images)")
         top_k = request.top_k if request.top_k is not None else DEFAULT_TOP_K
         return classifier.classify(request.image, model, top_k, timeout_s=timeout_s)
-
-    def _default_model_name(self, classifier: Classifier) -> str | None:
-        if self.serve.default_model:
-            return self.serve.default_model
-        loaded = classifier.models.loaded()
-        return loaded[0].name if len(loaded) == 1 else None
 
     # -- pub/sub ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from .model import InferenceError, InferenceErrorKind, ModelSpec, TensorSpec
 try:
     from ai_edge_litert.interpreter import Interpreter
 except ImportError:  # pragma: no cover - only on machines without LiteRT
-    from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+    from tflite_runtime.interpreter import Interpreter
 
 __all__ = ["LITERT", "Interpreter", "LiteRtContext", "LiteRtGraph", "new_interpreter"]
 

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -39,10 +38,10 @@ from typing import Any, TypeVar
 
 import grpc
 from dapr.clients import DaprClient
-from dapr.clients.grpc._state import Concurrency, Consistency, StateOptions
-from dapr.clients.health import DaprHealth
 
+from ..dapr_sdk import Concurrency, Consistency, StateOptions
 from ..errors import ClassifierError, ErrorKind, not_found
+from ..files import write_atomically
 from .base import (
     LABELS_FILE,
     MODEL_FILE,
@@ -72,36 +71,6 @@ COMMIT_ATTEMPTS = 8  # concurrent uploads of one name: re-read and commit as the
 _FIRST_WRITE = StateOptions(concurrency=Concurrency.first_write, consistency=Consistency.strong)
 
 T = TypeVar("T")
-
-# gRPC's default reconnect backoff grows to 120 s: after a sidecar restart the long-lived
-# client stayed disconnected for up to half the outage again (16 s after a 30 s outage),
-# answering RETRY to every event meanwhile. The SDK's DaprClient takes no channel options.
-RECONNECT_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
-_CHANNEL_PATCH = threading.Lock()
-
-
-def sidecar_client(max_message_bytes: int | None = None) -> DaprClient:
-    """A DaprClient whose channel reconnects to a restarted sidecar within ~2 s.
-    Blocks until the sidecar is healthy (DAPR_HEALTH_TIMEOUT), as DaprClient does."""
-    DaprHealth.wait_for_sidecar()  # before patching, so the patch is held only briefly
-    with _CHANNEL_PATCH:
-        insecure, secure = grpc.insecure_channel, grpc.secure_channel
-
-        def insecure_channel(target, options=None, compression=None):  # type: ignore[no-untyped-def]
-            return insecure(target, [*(options or ()), *RECONNECT_OPTIONS], compression)
-
-        def secure_channel(target, credentials, options=None, compression=None):  # type: ignore[no-untyped-def]
-            return secure(target, credentials, [*(options or ()), *RECONNECT_OPTIONS], compression)
-
-        grpc.insecure_channel, grpc.secure_channel = insecure_channel, secure_channel
-        try:
-            return DaprClient(max_grpc_message_length=max_message_bytes)
-        finally:
-            grpc.insecure_channel, grpc.secure_channel = insecure, secure
 
 
 class DaprStore:
@@ -145,7 +114,7 @@ class DaprStore:
             _write_dir(directory, files, manifest.to_dict())
         return StoredModel(manifest=manifest, directory=directory)
 
-    def list(self) -> list[ModelManifest]:
+    def list_models(self) -> list[ModelManifest]:
         return self._list_index("models", self.manifest)
 
     def remove(self, name: str) -> None:
@@ -174,7 +143,7 @@ class DaprStore:
         if cached.exists():
             return StoredGuest(manifest=manifest, wasm=cached.read_bytes())
         wasm = self._get_chunks(f"guest/{name}", record, f"guest {name!r} version {manifest.version}")
-        _write_file(cached, wasm)
+        write_atomically(cached, wasm)
         return StoredGuest(manifest=manifest, wasm=wasm)
 
     def list_guests(self) -> list[GuestManifest]:
@@ -233,7 +202,7 @@ class DaprStore:
             except _Conflict:
                 continue  # another upload committed first: this one becomes the next version
             stale = previous.get("previous") if previous else None
-            if stale and stale.get("sha256") not in (record["sha256"], previous.get("sha256")):
+            if previous and stale and stale.get("sha256") not in (record["sha256"], previous.get("sha256")):
                 self._delete_chunks(key, stale)
             return int(record["version"])
         raise store_unavailable(
@@ -344,11 +313,3 @@ def _write_dir(directory: Path, files: dict[str, bytes], manifest: dict[str, Any
         shutil.rmtree(staging, ignore_errors=True)
         if not (directory / MANIFEST_FILE).exists():  # not another thread's finished copy
             raise
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    os.replace(tmp, path)

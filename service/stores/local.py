@@ -16,8 +16,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..errors import not_found
+from ..files import write_atomically
 from .base import (
     GUEST_FILE,
     LABELS_FILE,
@@ -58,7 +60,7 @@ class _VersionedDirs:
             raise not_found(f"{self.kind} {name!r} not found in {self.root.parent}")
         return self.root / name / str(version)
 
-    def manifest_data(self, name: str) -> dict:
+    def manifest_data(self, name: str) -> dict[str, Any]:
         return json.loads((self.current_dir(name) / MANIFEST_FILE).read_text())
 
     def names(self) -> list[str]:
@@ -66,7 +68,7 @@ class _VersionedDirs:
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "current").exists())
 
-    def publish(self, name: str, version: int, files: dict[str, bytes], manifest: dict) -> None:
+    def publish(self, name: str, version: int, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
         """Write a version's files, then make it current."""
         item_dir = self.root / name
         item_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,7 @@ class _VersionedDirs:
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         staging.chmod(0o755)
         os.replace(staging, item_dir / str(version))
-        _write_text_atomically(item_dir / "current", f"{version}\n")
+        write_atomically(item_dir / "current", f"{version}\n".encode())
         for entry in item_dir.iterdir():
             if entry.name.isdigit() and int(entry.name) <= version - KEEP_VERSIONS:
                 shutil.rmtree(entry, ignore_errors=True)
@@ -122,7 +124,7 @@ class LocalStore:
         manifest = ModelManifest.from_dict(json.loads((directory / MANIFEST_FILE).read_text()))
         return StoredModel(manifest=manifest, directory=directory)
 
-    def list(self) -> list[ModelManifest]:
+    def list_models(self) -> list[ModelManifest]:
         return [self.manifest(name) for name in self._models.names()]
 
     def remove(self, name: str) -> None:
@@ -153,10 +155,3 @@ class LocalStore:
 
     def remove_guest(self, name: str) -> None:
         self._guests.remove(name)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-    os.replace(tmp, path)

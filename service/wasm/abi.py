@@ -44,6 +44,15 @@ class Errnos:
 HostFunction = Callable[..., None]
 
 
+def inference_errnos(errno: type[IntEnum]) -> dict[InferenceErrorKind, IntEnum]:
+    """WasmEdge's NN ABIs number inference failures alike: invalid_argument, busy, runtime_error."""
+    return {
+        InferenceErrorKind.INVALID_ARGUMENT: errno["INVALID_ARGUMENT"],
+        InferenceErrorKind.BUSY: errno["BUSY"],
+        InferenceErrorKind.RUNTIME: errno["RUNTIME_ERROR"],
+    }
+
+
 def timed_decode(call: guest_call.GuestCall, failure: IntEnum, decode: Callable[[], T]) -> T:
     """Host-side image decoding for a guest: refused past the deadline, its time counted as
     `decode`, an ImageError turned into the ABI's `failure` errno."""

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -27,6 +25,7 @@ from pathlib import Path
 import wasmtime
 
 from ..errors import ClassifierError, ErrorKind
+from ..files import write_atomically
 from . import image, legacy_image, tensorflow, tensorflowlite, wasi_nn, wasi_poll
 from .call import GuestCall, running
 from .wasmtime_capi import capture_output, forget_output, set_stdin_bytes
@@ -183,7 +182,7 @@ class WasmHost:
                 ErrorKind.INVALID_ARGUMENT, f"not a valid wasm module: {_first_line(exc)}"
             ) from exc
         if cached is not None:
-            _write_atomically(cached, module.serialize())
+            write_atomically(cached, bytes(module.serialize()))
         return module
 
     # -- runs -----------------------------------------------------------------------------
@@ -284,15 +283,3 @@ def _trap_message(trap: wasmtime.Trap) -> str:
 def _memory_bytes(instance: wasmtime.Instance | None, store: wasmtime.Store) -> int:
     memory = instance.exports(store).get("memory") if instance is not None else None
     return memory.data_len(store) if isinstance(memory, wasmtime.Memory) else 0
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

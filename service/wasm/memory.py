@@ -26,7 +26,7 @@ class GuestMemory:
         memory = caller.get("memory")
         if not isinstance(memory, wasmtime.Memory):
             raise MissingMemory("guest exports no memory")
-        self.bytes = np.frombuffer(memory.get_buffer_ptr(caller), dtype=np.uint8)
+        self.bytes = np.frombuffer(memory.get_buffer_ptr(caller), dtype=np.uint8)  # type: ignore[call-overload]
         self.size = self.bytes.size
 
     def view(self, ptr: int, length: int) -> np.ndarray:

@@ -48,42 +48,29 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum
 
 import numpy as np
 import wasmtime
 
 from ..inference.backend import Encoding, ExecutionContext, backend_for
-from ..inference.model import InferenceError, InferenceErrorKind
+from ..inference.model import InferenceError
 from . import call as guest_call
-from .abi import AbiFailure, Errnos, define_errno_functions, errno_function
+from .abi import AbiFailure, Errnos, define_errno_functions, errno_function, inference_errnos
 from .handles import HandleTable
 from .memory import GuestMemory, GuestMemoryError
 
+# The plugin's errnos are wasi-nn's first six (success .. runtime_error), same numbers and names.
+from .wasi_nn import Errno
+
 MODULE = "wasmedge_tensorflowlite"
 LEGACY_PREFIX = "wasmedge_tensorflowlite_"
-
-
-class Errno(IntEnum):
-    """The plugin's errnos."""
-
-    SUCCESS = 0
-    INVALID_ARGUMENT = 1
-    INVALID_ENCODING = 2
-    MISSING_MEMORY = 3
-    BUSY = 4
-    RUNTIME_ERROR = 5
 
 
 ERRNOS = Errnos(
     success=Errno.SUCCESS,
     memory=Errno.MISSING_MEMORY,
     runtime=Errno.RUNTIME_ERROR,
-    inference={
-        InferenceErrorKind.INVALID_ARGUMENT: Errno.INVALID_ARGUMENT,
-        InferenceErrorKind.BUSY: Errno.BUSY,
-        InferenceErrorKind.RUNTIME: Errno.RUNTIME_ERROR,
-    },
+    inference=inference_errnos(Errno),
     missing_memory_traps=False,
 )
 

@@ -16,9 +16,8 @@ import numpy as np
 import wasmtime
 
 from ..inference.backend import Encoding, ExecutionContext, Graph, Target, backend_for
-from ..inference.model import InferenceErrorKind
 from . import call as guest_call
-from .abi import AbiFailure, Errnos, define_errno_functions, errno_function
+from .abi import AbiFailure, Errnos, define_errno_functions, errno_function, inference_errnos
 from .handles import HandleTable
 from .memory import GuestMemory
 
@@ -84,11 +83,7 @@ ERRNOS = Errnos(
     success=Errno.SUCCESS,
     memory=Errno.INVALID_ARGUMENT,
     runtime=Errno.RUNTIME_ERROR,
-    inference={
-        InferenceErrorKind.INVALID_ARGUMENT: Errno.INVALID_ARGUMENT,
-        InferenceErrorKind.BUSY: Errno.BUSY,
-        InferenceErrorKind.RUNTIME: Errno.RUNTIME_ERROR,
-    },
+    inference=inference_errnos(Errno),
     missing_memory_traps=True,
 )
 _abi = errno_function("wasi-nn", ERRNOS)

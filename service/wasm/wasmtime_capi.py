@@ -28,7 +28,7 @@ _sinks: dict[int, Callable[[bytes], int]] = {}
 _sink_keys = itertools.count(1)
 
 
-@_OutputCallback
+@_OutputCallback  # type: ignore[untyped-decorator]
 def _write_to_sink(key: int | None, data: ctypes._Pointer, size: int) -> int:  # type: ignore[type-arg]
     try:
         sink = _sinks.get(key or 0)

@@ -1,0 +1,34 @@
+"""The Dapr SDK's private API that the service uses (service/dapr_sdk.py) is still there."""
+
+from __future__ import annotations
+
+import grpc
+
+from service import dapr_sdk
+
+
+def test_the_private_sdk_api_used_is_still_there() -> None:
+    """An SDK upgrade that renames App._server, changes how DaprClient makes its channel or moves
+    the state options must fail here, not as a service that cannot start or reconnect."""
+    dapr_sdk.check()
+
+
+def test_sidecar_client_channels_get_the_reconnect_options(monkeypatch) -> None:
+    """DaprClient's channel is made with the reconnect backoff (a restarted sidecar is found in
+    seconds); the patch is undone afterwards."""
+    seen: list[object] = []
+    original = grpc.insecure_channel
+
+    def recording(target, options=None, compression=None):  # type: ignore[no-untyped-def]
+        seen.append(options)
+        return original(target, options, compression)
+
+    monkeypatch.setattr(grpc, "insecure_channel", recording)
+    monkeypatch.setattr(dapr_sdk.DaprHealth, "wait_for_sidecar", staticmethod(lambda: None))
+    client = dapr_sdk.sidecar_client(8 << 20)
+    try:
+        assert seen and all(o in seen[-1] for o in dapr_sdk.RECONNECT_OPTIONS)
+        assert ("grpc.max_receive_message_length", 8 << 20) in seen[-1]
+        assert grpc.insecure_channel is recording  # restored
+    finally:
+        client.close()

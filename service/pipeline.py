@@ -38,7 +38,7 @@ from .errors import ClassifierError, ErrorKind, invalid_argument
 from .imaging import image_extension
 from .inference.cache import GraphCache
 from .registry import LoadedModel, ModelRegistry
-from .stores.base import MODEL_FILE, Store
+from .stores.base import Store
 from .stores.local import LocalStore
 from .wasm.call import GuestCall
 from .wasm.host import Guest, GuestResult, Preopen, WasmHost
@@ -262,7 +262,7 @@ class Classifier:
         template = business.args_template or ()
         labels = loaded.stored.labels_path
         values: dict[str, str | None] = {
-            "model_path": f"{MODEL_DIR_IN_GUEST}/{MODEL_FILE}",
+            "model_path": f"{MODEL_DIR_IN_GUEST}/{loaded.stored.manifest.model_file}",
             "labels_path": f"{MODEL_DIR_IN_GUEST}/{labels.name}" if labels is not None else None,
             "model_name": loaded.name,
             "top_k": str(top_k),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClassifierError, ErrorKind
-from .inference.backend import Graph, load_graph
+from .inference.backend import Encoding, Graph, load_graph
 from .stores.base import Store, StoredModel
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ class ModelRegistry:
 
     def _load(self, stored: StoredModel) -> LoadedModel:
         try:
-            graph = load_graph(stored.model_path.read_bytes(), num_threads=self.interpreter_threads)
+            encoding = Encoding(stored.manifest.encoding)
+            graph = load_graph(stored.model_path.read_bytes(), encoding, self.interpreter_threads)
         except (OSError, ValueError) as exc:
             raise ClassifierError(
                 ErrorKind.INTERNAL, f"model {stored.manifest.name!r} cannot be loaded: {exc}"

@@ -15,7 +15,7 @@ from daprd import FakeDaprd
 from service_process import new_daprd, sidecar_env
 
 from service.errors import ClassifierError, ErrorKind
-from service.stores.base import Store
+from service.stores.base import ModelManifest, Store
 from service.stores.dapr import CHUNK_BYTES, DaprStore
 from service.stores.local import LocalStore
 
@@ -61,6 +61,17 @@ def test_put_then_get_gives_the_same_bytes_and_labels(store: Store) -> None:
     assert stored.labels_path is not None
     assert stored.labels_path.read_text().splitlines() == BIRDS_LABELS
     assert store.manifest("birds") == manifest
+
+
+def test_the_model_file_is_named_by_its_encoding(store: Store) -> None:
+    """The stores know no framework: the manifest says the model's encoding (the inference
+    backend's), and the file on disk takes that backend's suffix. A manifest written before the
+    field existed reads as TFLite."""
+    manifest = store.put("birds", BIRDS, BIRDS_LABELS)
+    assert manifest.encoding == "tensorflowlite"
+    assert store.get("birds").model_path.name == "model.tflite"
+    older = {k: v for k, v in manifest.to_dict().items() if k != "encoding"}
+    assert ModelManifest.from_dict(older) == manifest
 
 
 def test_each_put_is_a_new_version(store: Store) -> None:

@@ -20,12 +20,11 @@ import wasmtime
 
 from ..errors import ClassifierError, ErrorKind, invalid_argument
 from ..guest_args import check_template
-from ..inference.backend import inspect_model
+from ..inference.backend import Encoding, backend_for, inspect_model
 from ..inference.labels import labels_from_metadata
 from ..inference.model import ModelSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: `$` would accept a final newline
-MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 GUEST_FILE = "guest.wasm"
 MAX_GUEST_ARGS = 64
@@ -58,10 +57,17 @@ class ModelManifest:
     spec: ModelSpec
     has_labels: bool
     created: float  # unix time
+    encoding: str = Encoding.TENSORFLOWLITE.value  # the inference backend's (manifests before it: TFLite)
 
     @property
     def num_classes(self) -> int:
         return math.prod(self.spec.outputs[0].shape) if self.spec.outputs else 0
+
+    @property
+    def model_file(self) -> str:
+        """The model's file name on disk: `model` and the suffix of its encoding (model.tflite)."""
+        backend = backend_for(Encoding(self.encoding))
+        return "model" + (backend.file_suffix if backend is not None else ".bin")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +78,7 @@ class ModelManifest:
             **self.spec.to_dict(),
             "labels": self.has_labels,
             "created": self.created,
+            "encoding": self.encoding,
         }
 
     @classmethod
@@ -84,6 +91,7 @@ class ModelManifest:
             spec=ModelSpec.from_dict(data),
             has_labels=bool(data.get("labels")),  # a flag here, the list itself in the Dapr store
             created=float(data.get("created", 0.0)),
+            encoding=str(data.get("encoding", Encoding.TENSORFLOWLITE.value)),
         )
 
 
@@ -96,7 +104,7 @@ class StoredModel:
 
     @property
     def model_path(self) -> Path:
-        return self.directory / MODEL_FILE
+        return self.directory / self.manifest.model_file
 
     @property
     def labels_path(self) -> Path | None:

@@ -44,7 +44,6 @@ from ..errors import ClassifierError, ErrorKind, not_found
 from ..files import write_atomically
 from .base import (
     LABELS_FILE,
-    MODEL_FILE,
     GuestManifest,
     ModelManifest,
     Progress,
@@ -108,7 +107,7 @@ class DaprStore:
         directory = self.cache_dir / "models" / f"{manifest.sha256}-{labels_digest}"
         if not (directory / MANIFEST_FILE).exists():
             model = self._get_chunks(f"model/{name}", record, f"model {name!r} version {manifest.version}")
-            files = {MODEL_FILE: model}
+            files = {manifest.model_file: model}
             if record.get("labels"):
                 files[LABELS_FILE] = ("\n".join(record["labels"]) + "\n").encode("utf-8")
             _write_dir(directory, files, manifest.to_dict())

@@ -23,7 +23,6 @@ from ..files import write_atomically
 from .base import (
     GUEST_FILE,
     LABELS_FILE,
-    MODEL_FILE,
     NAME_PATTERN,
     GuestManifest,
     ModelManifest,
@@ -108,7 +107,7 @@ class LocalStore:
         """Store a new version of a model; labels default to those in its metadata."""
         version = self._models.current_version(check_name(name)) + 1
         manifest, labels = prepare_model(name, model, labels, version)
-        files = {MODEL_FILE: model}
+        files = {manifest.model_file: model}
         if labels is not None:
             files[LABELS_FILE] = ("\n".join(labels) + "\n").encode("utf-8")
         self._models.publish(name, version, files, manifest.to_dict())

@@ -114,8 +114,13 @@ class Classifier:
                 "guest args (CLASSIFIER_GUEST_ARGS) are for a guest given as a file "
                 "(CLASSIFIER_GUEST=FILE.wasm); a stored guest keeps its args in the store"
             )
+        if guest_wasm is None and settings.guest is not None:
+            try:
+                guest_wasm = settings.guest.read_bytes()
+            except OSError as exc:
+                raise invalid_argument(f"the guest {settings.guest}: {exc.strerror or exc}") from exc
         if guest_wasm is None:
-            guest_wasm = settings.guest.read_bytes() if settings.guest else default_guest.guest_bytes()
+            guest_wasm = default_guest.guest_bytes()
         self.business = BusinessGuest(self.host.load_guest(guest_wasm, "classify"), settings.guest_args)
 
     @property

@@ -181,3 +181,16 @@ def test_a_bad_setting_is_one_line_naming_the_variable() -> None:
             [CLASSIFIER, "serve"], env={**env, variable: value}, capture_output=True, text=True, timeout=60
         )
         assert (result.returncode, result.stdout, result.stderr) == (1, "", expected + "\n"), variable
+
+
+def test_serve_with_a_missing_guest_exits_1_with_one_line(tmp_path: Path) -> None:
+    """A start-up failure that waiting cannot fix ends the process (exit 1, one line), rather
+    than leaving it up and unhealthy for ever."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "CLASSIFIER_", "APP_"))}
+    env.update(CLASSIFIER_GUEST="/nonexistent.wasm", CLASSIFIER_STORE=str(tmp_path / "store"), APP_PORT="0")
+    result = subprocess.run([CLASSIFIER, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "classifier: start-up failed: the guest /nonexistent.wasm: No such file or directory"
+    )
+    assert "Traceback" not in result.stderr

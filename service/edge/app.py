@@ -82,6 +82,7 @@ class ClassifierService:
         self._state = "starting"
         self.ready = threading.Event()
         self.stopping = threading.Event()
+        self.failed = threading.Event()  # start-up failed for good: serve() exits 1
         self.fetcher = ImageFetcher(serve.image_url_allowlist, max_bytes=serve.max_message_bytes)
         self.pool = ThreadPoolExecutor(max_workers=serve.workers, thread_name_prefix="classify")
         self.app = App(
@@ -172,11 +173,17 @@ class ClassifierService:
             names = ", ".join(f"{name} v{version}" for name, version in classifier.loaded_models()) or "none"
             self._set_state(f"ready: models {names}")
         except Exception as exc:  # start-up must say why it failed, not die silently
+            # What is left is permanent (a missing or broken guest, an unusable store directory,
+            # a damaged model): waiting would not help, so the process ends with one line and
+            # exit code 1, as an operator (or Kubernetes' restart) expects.
             if isinstance(exc, ClassifierError):
-                self._set_state("start-up failed", exc.message)
+                self.startup_error = exc.message
+            elif isinstance(exc, OSError) and exc.strerror:
+                self.startup_error = f"{exc.filename or ''}: {exc.strerror}".lstrip(": ")
             else:
                 self.startup_error = repr(exc)
                 log.exception("start-up failed")
+            self.failed.set()
 
     def _load(self, classifier: Classifier, watcher: Watcher) -> None:
         """Load the models (and the stored guest); retry while the store is unavailable,
@@ -364,8 +371,10 @@ def serve(settings: Settings, serve_settings: ServeSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service.start()
-    while not stop_requested.wait(0.5):
-        pass
+    while not stop_requested.wait(0.2):
+        if service.failed.is_set():
+            service.stop(grace_s=0)
+            raise ClassifierError(ErrorKind.INVALID_ARGUMENT, f"start-up failed: {service.startup_error}")
     service.stop()
     return 0
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from .config import ServeSettings, Settings
 from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
 from .guest_args import parse_template
-from .inference.backend import load_graph
+from .inference.backend import Encoding, Target, backend_for, load_graph
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
 from .stores.base import GuestManifest, ModelManifest, Progress, Store
@@ -437,8 +437,8 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
         call = GuestCall(
             limits=replace(settings.limits, timeout_s=args.timeout),
             named_graphs={
-                name: load_graph(_read(path), num_threads=settings.interpreter_threads)
-                for name, path in map(_parse_preload, args.nn_preload)
+                name: load_graph(_read(path), encoding, settings.interpreter_threads)
+                for name, encoding, path in map(_parse_preload, args.nn_preload)
             },
             graph_cache=GraphCache(num_threads=settings.interpreter_threads),
         )
@@ -461,16 +461,29 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
     return result.exit_code or 0
 
 
-def _parse_preload(spec: str) -> tuple[str, Path]:
+def _parse_preload(spec: str) -> tuple[str, Encoding, Path]:
+    """WasmEdge's NAME:ENCODING:TARGET:PATH, the encoding named as WasmEdge names it."""
     parts = spec.split(":", 3)
     if len(parts) != 4 or not parts[0] or not parts[3]:
         raise invalid_argument(f"--nn-preload {spec!r}: expected NAME:TensorflowLite:CPU:PATH")
-    name, encoding, target, path = parts
-    if encoding.lower() not in ("tensorflowlite", "tflite"):
-        raise invalid_argument(f"--nn-preload {spec!r}: only the TensorflowLite encoding is supported")
-    if target.upper() != "CPU":
-        raise invalid_argument(f"--nn-preload {spec!r}: only the CPU target is supported")
-    return name, Path(path)
+    name, encoding_name, target_name, path = parts
+    encoding = ENCODING_NAMES.get(encoding_name.lower())
+    backend = backend_for(encoding) if encoding is not None else None
+    if encoding is None or backend is None:
+        known = ", ".join(sorted({e.value for e in ENCODING_NAMES.values() if backend_for(e) is not None}))
+        raise invalid_argument(
+            f"--nn-preload {spec!r}: encoding {encoding_name!r} has no backend here ({known})"
+        )
+    target = next((t for t in Target if t.value == target_name.lower()), None)
+    if target not in backend.targets:
+        raise invalid_argument(
+            f"--nn-preload {spec!r}: the {encoding.value} backend does not run on {target_name}"
+        )
+    return name, encoding, Path(path)
+
+
+# WasmEdge's encoding names (and the short one for TFLite) -> the backends' encodings.
+ENCODING_NAMES = {**{e.value: e for e in Encoding}, "tflite": Encoding.TENSORFLOWLITE}
 
 
 def _parse_dir(spec: str) -> Preopen:

@@ -160,7 +160,11 @@ def test_wasm_run_with_nn_preload_like_wasmedge(tmp_path: Path) -> None:
 
 def test_wasm_run_refuses_bad_flags(capfd, test_guests) -> None:
     code, _, err = run(capfd, "wasm", "run", "--nn-preload", "m:ONNX:CPU:x.onnx", test_guests["probe"], "env")
-    assert code == 1 and "only the TensorflowLite encoding" in err
+    assert code == 1 and "encoding 'ONNX' has no backend here (tensorflowlite)" in err
+    code, _, err = run(
+        capfd, "wasm", "run", "--nn-preload", "m:TensorflowLite:GPU:x.tflite", test_guests["probe"]
+    )
+    assert code == 1 and "the tensorflowlite backend does not run on GPU" in err
     code, _, err = run(capfd, "wasm", "run", "--dir", "/nowhere/at/all", test_guests["probe"], "env")
     assert code == 1 and "is not a directory" in err
 

@@ -108,54 +108,59 @@ class EdgeInterceptor(grpc.ServerInterceptor):
             return handler
         method = details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
-        needs_token = self.app_api_token is not None and method in TOKEN_METHODS
 
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
-            if needs_token and not self._token_ok(context):
-                context.abort_with_status(
-                    error_status(
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        "UNAUTHENTICATED",
-                        "missing or wrong dapr-api-token (APP_API_TOKEN of daprd and the app differ)",
-                    )
-                )
-            remaining = context.time_remaining()
-            info = CallInfo(
-                method=method,
-                querystring=_querystring(request),
-                deadline=time.monotonic() + remaining if remaining is not None and remaining < 1e9 else None,
-            )
-            token = _current.set(info)
-            try:
-                return inner(request, context)
-            except ClassifierError as exc:
-                context.abort_with_status(status_of(exc))
-            except NotImplementedError:
-                if method == "OnInvoke":  # the SDK's "unknown method"
-                    context.abort_with_status(
-                        error_status(
-                            grpc.StatusCode.UNIMPLEMENTED,
-                            "UNIMPLEMENTED",
-                            f"unknown method {getattr(request, 'method', '')!r}: "
-                            "the methods are classify and models",
-                        )
-                    )
-                raise  # an unknown topic: UNIMPLEMENTED (the SDK set it), which daprd drops
-            except Exception as exc:
-                log.exception("%s failed", method)
-                context.abort_with_status(
-                    error_status(
-                        grpc.StatusCode.INTERNAL, error_reason(ErrorKind.INTERNAL), f"internal error: {exc}"
-                    )
-                )
-            finally:
-                _current.reset(token)
+            return self._handle(method, inner, request, context)
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _handle(
+        self, method: str, inner: Callable[..., Any], request: Any, context: grpc.ServicerContext
+    ) -> Any:
+        """One call: the token, the call's facts for the handler, and every error as a status."""
+        if self.app_api_token is not None and method in TOKEN_METHODS and not self._token_ok(context):
+            context.abort_with_status(
+                error_status(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "UNAUTHENTICATED",
+                    "missing or wrong dapr-api-token (APP_API_TOKEN of daprd and the app differ)",
+                )
+            )
+        remaining = context.time_remaining()
+        info = CallInfo(
+            method=method,
+            querystring=_querystring(request),
+            deadline=time.monotonic() + remaining if remaining is not None and remaining < 1e9 else None,
+        )
+        token = _current.set(info)
+        try:
+            return inner(request, context)
+        except ClassifierError as exc:
+            context.abort_with_status(status_of(exc))
+        except NotImplementedError:
+            if method == "OnInvoke":  # the SDK's "unknown method"
+                unknown = getattr(request, "method", "")
+                context.abort_with_status(
+                    error_status(
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        "UNIMPLEMENTED",
+                        f"unknown method {unknown!r}: the methods are classify and models",
+                    )
+                )
+            raise  # an unknown topic: UNIMPLEMENTED (the SDK set it), which daprd drops
+        except Exception as exc:
+            log.exception("%s failed", method)
+            context.abort_with_status(
+                error_status(
+                    grpc.StatusCode.INTERNAL, error_reason(ErrorKind.INTERNAL), f"internal error: {exc}"
+                )
+            )
+        finally:
+            _current.reset(token)
 
     def _token_ok(self, context: grpc.ServicerContext) -> bool:
         sent = dict(context.invocation_metadata()).get("dapr-api-token", "")

@@ -262,7 +262,7 @@ def test_model_is_stored_as_manifest_and_small_chunks(service: ServiceProcess, d
     manifest = json.loads(state["model/birds"])
     assert manifest["chunks"] == -(-manifest["size"] // CHUNK_BYTES) and manifest["chunks"] > 1
     assert len(manifest["labels"]) == 965 and manifest["inputs"][0]["shape"] == [1, 224, 224, 3]
-    chunks = [k for k in state if k.startswith(f"model/birds/{manifest['sha256'][:16]}/")]
+    chunks = [k for k in state if k.startswith(f"model/birds/{manifest['chunk_prefix']}/")]
     assert len(chunks) == manifest["chunks"] and all(len(state[k]) <= CHUNK_BYTES for k in chunks)
     # keyPrefix `name`: the raw keys carry the store's name, whatever the app id
     assert "statestore||model/birds" in daprd.state("statestore")
@@ -307,7 +307,8 @@ def test_damaged_new_version_is_not_activated(
     broken_version = active + (1 if fault == "missing chunk" else 2)
     broken = {**manifest, "version": broken_version}
     if fault == "missing chunk":
-        broken["sha256"] = "ab" * 32  # no chunks under this digest
+        broken["sha256"] = "ab" * 32  # not cached on disk: it must be fetched, and
+        broken["chunk_prefix"] = "ab" * 8 + "-nothing-here"  # no chunks are under this prefix
     else:
         broken["sha256"] = manifest["sha256"][:16] + "0" * 48  # the chunks exist, their digest differs
     daprd.put_raw("statestore", "model/mobilenet", json.dumps(broken).encode())

@@ -74,8 +74,8 @@ def check_chunked(redis: Any, key: str, data: bytes) -> dict[str, Any]:
     digest = hashlib.sha256(data).hexdigest()
     assert (manifest["sha256"], manifest["size"]) == (digest, len(data))
     count = -(-len(data) // CHUNK_BYTES)
-    assert manifest["chunks"] == count
-    chunks = [redis.hget(f"{PREFIX}{key}/{digest[:16]}/{i}", "data") for i in range(count)]
+    assert manifest["chunks"] == count and manifest["chunk_prefix"].startswith(digest[:16] + "-")
+    chunks = [redis.hget(f"{PREFIX}{key}/{manifest['chunk_prefix']}/{i}", "data") for i in range(count)]
     assert all(c is not None and len(c) <= CHUNK_BYTES for c in chunks), [len(c or b"") for c in chunks]
     assert b"".join(chunks) == data
     return manifest

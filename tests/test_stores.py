@@ -159,6 +159,27 @@ def test_invalid_guest_is_refused(store: Store) -> None:
 # -- what only the Dapr store has: chunks, the disk cache, an unreachable sidecar -------------
 
 
+def test_dapr_store_an_upload_keeps_its_chunks_while_another_commits(
+    daprd: FakeDaprd, tmp_path: Path
+) -> None:
+    """An upload of the bytes of the version two back, while another upload commits: the other's
+    clean-up of that old version must not delete the chunks this upload has just written (they
+    shared keys when chunks were keyed by digest; seen as a torn model in a real-daprd race)."""
+    other = (MODELS / "mobilenet_v1_0.25_224_quant_with_metadata" / "model.tflite").read_bytes()
+    with DaprClient() as client:
+        store = DaprStore(client, tmp_path / "uploader")
+        store.put("m", BIRDS)  # v1
+        store.put("m", MOBILENET)  # v2
+
+        def commit_another_meanwhile(done: int, total: int) -> None:
+            if done == total:  # every chunk of this upload written, its manifest not yet
+                assert store.put("m", other).version == 3  # its clean-up: v1's chunks
+
+        assert store.put("m", BIRDS, progress=commit_another_meanwhile).version == 4
+        fresh = DaprStore(client, tmp_path / "reader")  # no disk cache: reads the chunks
+        assert fresh.get("m").model_path.read_bytes() == BIRDS
+
+
 def test_dapr_store_keeps_chunks_within_the_body_limit_and_caches_on_disk(
     daprd: FakeDaprd, tmp_path: Path
 ) -> None:

@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -155,21 +156,23 @@ class DaprStore:
     # -- chunks and manifests -------------------------------------------------------------
 
     def _put_chunks(self, key: str, data: bytes, progress: Progress | None) -> dict[str, Any]:
-        digest = hashlib.sha256(data).hexdigest()
+        """Chunks under a prefix of this upload's own (the digest and a random part), so that no
+        other upload, not even one of the same bytes, writes or deletes them."""
+        prefix = f"{hashlib.sha256(data).hexdigest()[:16]}-{uuid.uuid4().hex[:12]}"
         count = max(1, -(-len(data) // CHUNK_BYTES))
         for i in range(count):
             chunk = data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]
-            self._call(self.client.save_state, self.store_name, _chunk_key(key, digest, i), chunk)
+            self._call(self.client.save_state, self.store_name, _chunk_key(key, prefix, i), chunk)
             if progress is not None:
                 progress(min((i + 1) * CHUNK_BYTES, len(data)), len(data))
-        return {"chunk_size": CHUNK_BYTES, "chunks": count}
+        return {"chunk_size": CHUNK_BYTES, "chunks": count, "chunk_prefix": prefix}
 
     def _get_chunks(self, key: str, record: dict[str, Any], what: str) -> bytes:
         digest, count = str(record["sha256"]), int(record["chunks"])
         chunk_size = int(record.get("chunk_size", CHUNK_BYTES))
         per_batch = max(1, BULK_GET_BYTES // chunk_size)
         chunks: dict[str, bytes] = {}
-        keys = [_chunk_key(key, digest, i) for i in range(count)]
+        keys = [_chunk_key(key, _prefix_of(record), i) for i in range(count)]
         for start in range(0, count, per_batch):
             batch = keys[start : start + per_batch]
             response = self._call(self.client.get_bulk_state, self.store_name, batch, parallelism=len(batch))
@@ -192,16 +195,18 @@ class DaprStore:
         for _ in range(COMMIT_ATTEMPTS):
             previous, etag = self._read_json(key)
             record = {**uploaded, "version": int(previous["version"]) + 1 if previous else 1}
-            if previous and previous.get("sha256") != record["sha256"]:
-                record["previous"] = {"sha256": previous["sha256"], "chunks": previous.get("chunks", 0)}
-            elif previous:
-                record["previous"] = previous.get("previous")
+            if previous:
+                record["previous"] = {
+                    "sha256": previous["sha256"],
+                    "chunks": previous.get("chunks", 0),
+                    "chunk_prefix": _prefix_of(previous),
+                }
             try:
                 self._save_if_unchanged(key, json.dumps(record), etag)
             except _Conflict:
                 continue  # another upload committed first: this one becomes the next version
             stale = previous.get("previous") if previous else None
-            if previous and stale and stale.get("sha256") not in (record["sha256"], previous.get("sha256")):
+            if previous and stale and _prefix_of(stale) not in (_prefix_of(record), _prefix_of(previous)):
                 self._delete_chunks(key, stale)
             return int(record["version"])
         raise store_unavailable(
@@ -224,7 +229,7 @@ class DaprStore:
 
     def _delete_chunks(self, key: str, version: dict[str, Any]) -> None:
         for i in range(int(version.get("chunks", 0))):
-            self._call(self.client.delete_state, self.store_name, _chunk_key(key, str(version["sha256"]), i))
+            self._call(self.client.delete_state, self.store_name, _chunk_key(key, _prefix_of(version), i))
 
     def _manifest_record(self, key: str, kind: str, name: str) -> dict[str, Any]:
         record, _ = self._read_json(key)
@@ -295,8 +300,14 @@ class _Conflict(Exception):
     """An etag did not match: somebody else wrote the key first."""
 
 
-def _chunk_key(key: str, digest: str, index: int) -> str:
-    return f"{key}/{digest[:16]}/{index}"
+def _chunk_key(key: str, prefix: str, index: int) -> str:
+    return f"{key}/{prefix}/{index}"
+
+
+def _prefix_of(version: dict[str, Any]) -> str:
+    """Where a version's chunks are: its upload's own prefix (versions stored before there was
+    one: the first 16 hex digits of the digest)."""
+    return str(version.get("chunk_prefix") or str(version["sha256"])[:16])
 
 
 def _write_dir(directory: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:

@@ -198,3 +198,69 @@ def test_serve_with_a_missing_guest_exits_1_with_one_line(tmp_path: Path) -> Non
         "classifier: start-up failed: the guest /nonexistent.wasm: No such file or directory"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_store_goes_before_or_after_the_subcommand(capfd, store: Path, tmp_path: Path) -> None:
+    code, out, _ = run(capfd, "models", "put", "birds", BIRDS / "model.tflite",
+                       "--labels", BIRDS / "labels.txt", "--store", store)  # fmt: skip
+    assert code == 0 and "stored birds version 1" in out
+    assert run(capfd, "models", "list", "--store", store)[1].startswith("birds\tv1")
+    assert run(capfd, "--store", store, "models", "list")[1].startswith("birds\tv1")
+    # given twice, the one after the subcommand wins
+    assert run(capfd, "--store", tmp_path / "other", "models", "list", "--store", store)[1].startswith(
+        "birds"
+    )
+    assert run(capfd, "--store", store, "models", "list", "--store", tmp_path / "other")[1] == ""
+
+
+def test_classify_with_a_missing_guest_file_is_one_line(capfd, store: Path) -> None:
+    put_birds(capfd, store)
+    result = subprocess.run(
+        [CLASSIFIER, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "/nonexistent.wasm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        "classifier: --guest: the guest /nonexistent.wasm: No such file or directory; "
+        "give an existing .wasm file, or a stored guest's name"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_classify_with_a_stored_guest_by_name(capfd, store: Path, test_guests) -> None:
+    put_birds(capfd, store)
+    code, _, err = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic")
+    assert code == 1 and err == (
+        "classifier: --guest 'logic' (no .wasm suffix: a stored guest's name): guest 'logic' not found in "
+        f"{store}; store it with `classifier guests put logic FILE.wasm`, or give a path ending in .wasm\n"
+    )
+    guest = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
+    assert run(capfd, "--store", store, "guests", "put", "logic", guest)[0] == 0
+    code, out, _ = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic",
+                       "--top-k", "1", "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["predictions"][0]["index"] == 166
+    # the stored guest is the one that runs: a plain-text one answers {"output": ...}
+    assert run(capfd, "--store", store, "guests", "put", "logic", test_guests["plain_text"])[0] == 0
+    code, out, _ = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic",
+                       "--json")  # fmt: skip
+    assert code == 0 and "output" in json.loads(out), out
+    code, _, err = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic",
+                       "--guest-args", "{image_path}")  # fmt: skip
+    assert code == 1 and "keeps its args in the store" in err and len(err.splitlines()) == 1
+
+
+def test_classify_unknown_model_with_json_prints_a_json_error_per_image(capfd, store: Path) -> None:
+    sparrow = IMAGES / "classify" / "sparrow.png"
+    code, out, err = run(capfd, "--store", store, "classify", BIRD, sparrow, "--model", "nosuch", "--json")
+    assert code == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["image"] for line in lines] == [str(BIRD), str(sparrow)]
+    assert all(
+        line["error"]["code"] == "not_found" and "nosuch" in line["error"]["message"] for line in lines
+    )
+    assert err == (
+        f"classifier: model 'nosuch' not found in {store}: store it with "
+        "`classifier models put nosuch MODEL.tflite`, or see `classifier models list`\n"
+    )

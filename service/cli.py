@@ -237,6 +237,9 @@ def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     model = _read(args.model)
     labels = parse_labels(_read(args.labels).decode("utf-8")) if args.labels else None
     manifest = _store(settings).put(args.name, model, labels, progress=_progress(f"uploading {args.name}"))
+    if manifest.unchanged:
+        print(f"{manifest.name} version {manifest.version} is already stored (same sha256 and labels)")
+        return 0
     source = "labels file" if args.labels else ("model metadata" if manifest.has_labels else "no labels")
     print(
         f"stored {manifest.name} version {manifest.version} "
@@ -277,6 +280,9 @@ def _guests_put(args: argparse.Namespace, settings: Settings) -> int:
     manifest = _store(settings).put_guest(
         args.name, _read(args.wasm), template, progress=_progress(f"uploading {args.name}")
     )
+    if manifest.unchanged:
+        print(f"guest {manifest.name} version {manifest.version} is already stored (same sha256 and args)")
+        return 0
     print(f"stored guest {manifest.name} version {manifest.version} ({manifest.size} bytes)")
     _announce("guest", manifest.name, manifest.version)
     return 0

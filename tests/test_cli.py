@@ -46,8 +46,10 @@ def put_birds(capfd: pytest.CaptureFixture[str], store: Path) -> tuple[int, str,
 def test_models_put_list_rm(capfd, store: Path) -> None:
     code, out, _ = put_birds(capfd, store)
     assert code == 0 and "stored birds version 1" in out and "965 classes, labels file" in out
-    code, out, _ = put_birds(capfd, store)
-    assert code == 0 and "version 2" in out
+    code, out, _ = put_birds(capfd, store)  # the same bytes and labels again: nothing new
+    assert (code, out) == (0, "birds version 1 is already stored (same sha256 and labels)\n")
+    code, out, _ = run(capfd, "--store", store, "models", "put", "birds", BIRDS / "model.tflite")
+    assert code == 0 and "stored birds version 2" in out and "model metadata" in out  # other labels
 
     code, out, _ = run(capfd, "--store", store, "models", "list", "--json")
     [listed] = json.loads(out)
@@ -264,3 +266,16 @@ def test_classify_unknown_model_with_json_prints_a_json_error_per_image(capfd, s
         f"classifier: model 'nosuch' not found in {store}: store it with "
         "`classifier models put nosuch MODEL.tflite`, or see `classifier models list`\n"
     )
+
+
+def test_guests_put_of_the_stored_version_stores_nothing(capfd, store: Path, test_guests) -> None:
+    guest = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
+    size = guest.stat().st_size
+    assert (
+        run(capfd, "--store", store, "guests", "put", "g", guest)[1]
+        == f"stored guest g version 1 ({size} bytes)\n"
+    )
+    code, out, _ = run(capfd, "--store", store, "guests", "put", "g", guest)
+    assert (code, out) == (0, "guest g version 1 is already stored (same sha256 and args)\n")
+    code, out, _ = run(capfd, "--store", store, "guests", "put", "g", guest, "--args", "{model_path}")
+    assert code == 0 and out.startswith("stored guest g version 2")

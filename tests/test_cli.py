@@ -279,3 +279,26 @@ def test_guests_put_of_the_stored_version_stores_nothing(capfd, store: Path, tes
     assert (code, out) == (0, "guest g version 1 is already stored (same sha256 and args)\n")
     code, out, _ = run(capfd, "--store", store, "guests", "put", "g", guest, "--args", "{model_path}")
     assert code == 0 and out.startswith("stored guest g version 2")
+
+
+def test_top_k_is_not_padded_with_zero_scores(capfd, store: Path) -> None:
+    """docs/guests.md "Top-k is at most k": birds gives bird.jpg a handful of non-zero classes."""
+    put_birds(capfd, store)
+    code, out, _ = run(
+        capfd, "--store", store, "classify", BIRD, "--model", "birds", "--top-k", "965", "--json"
+    )
+    assert code == 0
+    predictions = json.loads(out)["predictions"]
+    assert 1 < len(predictions) < 965 and all(p["score"] > 0 for p in predictions), predictions
+    code, out, _ = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--top-k", "965")
+    assert code == 0 and out.count("), ") == len(predictions) - 1 and " 0.000" not in out
+
+
+def test_zero_padding_keeps_the_first_prediction() -> None:
+    from service.pipeline import _without_zero_padding
+
+    zero, low = {"index": 1, "score": 0.0}, {"index": 2, "score": 0.00390625}
+    assert _without_zero_padding({"predictions": [low, zero, zero]}) == {"predictions": [low]}
+    assert _without_zero_padding({"predictions": [zero, zero]}) == {"predictions": [zero]}
+    assert _without_zero_padding({"output": "text"}) == {"output": "text"}
+    assert _without_zero_padding({"predictions": [low, low]}) == {"predictions": [low, low]}

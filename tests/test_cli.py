@@ -291,7 +291,7 @@ def test_top_k_is_not_padded_with_zero_scores(capfd, store: Path) -> None:
     predictions = json.loads(out)["predictions"]
     assert 1 < len(predictions) < 965 and all(p["score"] > 0 for p in predictions), predictions
     code, out, _ = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--top-k", "965")
-    assert code == 0 and out.count("), ") == len(predictions) - 1 and " 0.000" not in out
+    assert code == 0 and out.count(", ") == len(predictions) - 1 and " 0.000" not in out
 
 
 def test_zero_padding_keeps_the_first_prediction() -> None:

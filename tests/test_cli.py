@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import IMAGES, MODELS
 
-from service.cli import EXIT_TRAP, main
+from service.cli import EXIT_TRAP, _parser, main
 
 BIRDS = MODELS / "aiy_birds_v1"
 BIRD = IMAGES / "classify" / "bird.jpg"
@@ -302,3 +305,74 @@ def test_zero_padding_keeps_the_first_prediction() -> None:
     assert _without_zero_padding({"predictions": [zero, zero]}) == {"predictions": [zero]}
     assert _without_zero_padding({"output": "text"}) == {"output": "text"}
     assert _without_zero_padding({"predictions": [low, low]}) == {"predictions": [low, low]}
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _command_summary() -> list[str]:
+    section = README.read_text().split("## The command line\n", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("classifier ")]
+
+
+def _leaf_commands() -> dict[str, argparse.ArgumentParser]:
+    """Every runnable command, by its prog (`classifier models put`), from the parser itself."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subcommands:
+            found[parser.prog] = parser
+        for action in subcommands:
+            for child in action.choices.values():
+                walk(child)
+
+    walk(_parser())
+    return found
+
+
+def test_readme_command_summary_lists_every_option_and_default() -> None:
+    """The README's summary cannot drift from argparse: each command has its line, each line
+    names each of its command's options (and no other), with the default where there is one."""
+    lines = _command_summary()
+    commands = _leaf_commands()
+    assert commands, "no commands found"
+    readme = README.read_text()
+    for prog, parser in commands.items():
+        [line] = [line for line in lines if line.startswith(prog + " ") or line == prog]
+        shown = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", line.split("#", 1)[0]))
+        options = {
+            option
+            for action in parser._actions
+            for option in action.option_strings
+            if option.startswith("--") and option != "--help"
+        }
+        # --store is on every command that uses the store: the text under the summary says so
+        assert shown == options - {"--store"}, (prog, shown, options)
+        for action in parser._actions:
+            if "--top-k" in action.option_strings and action.default is not None:
+                assert f"K default {action.default}" in line, (prog, line)
+            if "--timeout" in action.option_strings:
+                assert f"S default {action.default:g}" in line, (prog, line)
+    assert len(lines) == len(commands), "a README line for a command that does not exist"
+    assert "`--store DIR` goes before or after the subcommand" in readme
+
+
+def test_readme_classify_json_sample_is_what_it_prints(capfd, monkeypatch, tmp_path: Path) -> None:
+    section = README.read_text().split("## The command line\n", 1)[1]
+    sample = section.split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    command, shown = sample[0].removeprefix("$ classifier "), sample[1]
+    monkeypatch.chdir(README.parent)  # the README's ../shared paths
+    monkeypatch.setenv("CLASSIFIER_STORE", str(tmp_path / "store"))
+    assert (
+        run(capfd, "models", "put", "birds", BIRDS / "model.tflite", "--labels", BIRDS / "labels.txt")[0] == 0
+    )
+    code, out, _ = run(capfd, *shlex.split(command))
+    assert code == 0
+    printed, expected = json.loads(out), json.loads(shown)
+    assert printed["elapsed_ms"] > 0
+    assert {**printed, "elapsed_ms": 0} == {**expected, "elapsed_ms": 0}
+    assert out.strip() == shown.replace(
+        f'"elapsed_ms": {expected["elapsed_ms"]}', f'"elapsed_ms": {printed["elapsed_ms"]}'
+    )

@@ -42,7 +42,7 @@ from service.stores.local import LocalStore
 from service.wasm.call import GuestCall
 from service.wasm.host import Guest, Preopen
 
-from .run import ROOT, TOP_K, WORKLOADS, timed, wasm_overhead
+from .run import ROOT, SMOKE_NOTE, TOP_K, WORKLOADS, timed, wasm_overhead
 
 sys.path.insert(0, str(ROOT / "wasm"))
 from build import compile_guest
@@ -177,6 +177,7 @@ def profile(smoke: bool, out_dir: Path) -> dict:
             runs,
         )
         results = {
+            "smoke": smoke,
             "image_bytes": len(image),
             "floor_ms": operations["nothing"],
             "floor_phases_ms": floor_phases(classifier, costs, runs),
@@ -193,18 +194,27 @@ def profile(smoke: bool, out_dir: Path) -> dict:
     return results
 
 
+def cost(ms: float) -> str:
+    """A cost in ms; a negative one (a difference of two noisy timings) is below the noise."""
+    return f"{ms:7.3f} ms" if ms >= 0 else "below the noise"
+
+
 def print_profile(results: dict) -> None:
-    print(f"a run that does nothing (Store, WASI, instantiate, _start, drop): {results['floor_ms']:.3f} ms")
-    print("  " + ", ".join(f"{name} {ms:.3f}" for name, ms in results["floor_phases_ms"].items()))
-    print(f"\nwhat one operation adds to a run (stdin: {results['image_bytes']} bytes)")
-    for name, ms in results["operation_ms"].items():
-        print(f"  {name:52s} {ms:7.3f} ms")
-    print("\nthe default guest's overhead (run minus decode and invoke), aiy_birds_v1 + bird.jpg")
-    for name, ms in results["default_guest_overhead_ms"].items():
-        print(f"  {name:52s} {ms:7.3f} ms")
-    print("\nthe gRPC floor: an AppCallback server that does nothing, in another process")
-    for name, ms in results["grpc_floor_ms"].items():
-        print(f"  {name:52s} {ms:7.3f} ms")
+    if results.get("smoke"):
+        print(SMOKE_NOTE.replace("requests per case", "runs each").replace("the benchmark", "the profile"))
+    floor = cost(results["floor_ms"]).strip()
+    print(f"a run that does nothing (Store, WASI, instantiate, _start, drop): {floor}")
+    print("  " + ", ".join(f"{name} {cost(ms).strip()}" for name, ms in results["floor_phases_ms"].items()))
+    sections = [
+        (f"what one operation adds to a run (stdin: {results['image_bytes']} bytes)", "operation_ms"),
+        ("the default guest's overhead (run minus decode and invoke), aiy_birds_v1 + bird.jpg",
+         "default_guest_overhead_ms"),
+        ("the gRPC floor: an AppCallback server that does nothing, in another process", "grpc_floor_ms"),
+    ]  # fmt: skip
+    for title, key in sections:
+        print(f"\n{title}")
+        for name, ms in results[key].items():
+            print(f"  {name:52s} {cost(ms)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -224,6 +224,7 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path, daprd: bool = T
     classifier = Classifier(Settings(store_dir=store_dir, cache_dir=work / "cache"), store=store)
     service = ServiceClient(store_dir, work / "cache")
     results: dict = {
+        "smoke": smoke,
         "workloads": {},
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
     }
@@ -520,7 +521,15 @@ def target(workload: str, what: str, value: float, op: str, limit: float) -> dic
     }
 
 
+SMOKE_NOTE = (
+    "smoke run: a few requests per case, to check that the benchmark works; the figures measure nothing"
+)
+
+
 def print_table(results: dict) -> None:
+    smoke = bool(results.get("smoke"))
+    if smoke:
+        print(SMOKE_NOTE)
     for label, workload in results["workloads"].items():
         print(f"\n{label}")
         print(f"  {'case':<18}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'req/s':>9}{'x native p50':>14}")
@@ -550,16 +559,24 @@ def print_table(results: dict) -> None:
             f"  {case:<22} healthy {values['healthy_s']:.2f} s, "
             f"first response {values['first_response_s']:.2f} s, RSS {values['rss_mib']:.0f} MiB"
         )
+    if smoke:
+        print("\ntargets: not judged in a smoke run (run `python -m bench` for them)")
+        return
     print("\ntargets")
     for row in results["targets"]:
         mark = "met" if row["met"] else "NOT met"
         print(f"  {row['workload'][:26]:<28}{row['target']:<46}{row['value']:>9} {row['limit']:<8} {mark}")
 
 
+def cost_text(ms: float, digits: int = 2) -> str:
+    """A cost (what a hop or an operation adds): a negative difference is below the noise."""
+    return f"{ms:+.{digits}f} ms" if ms >= 0 else "below the noise"
+
+
 def hop_text(hop: dict) -> str:
-    text = f"p50 {hop['p50_ms']:+.2f} ms, p99 {hop['p99_ms']:+.2f} ms"
+    text = f"p50 {cost_text(hop['p50_ms'])}, p99 {cost_text(hop['p99_ms'])}"
     if "paired_p50_ms" in hop:
-        text += f" (paired: p50 {hop['paired_p50_ms']:+.2f}, p99 {hop['paired_p99_ms']:+.2f})"
+        text += f" (paired: p50 {cost_text(hop['paired_p50_ms'])}, p99 {cost_text(hop['paired_p99_ms'])})"
     return text
 
 

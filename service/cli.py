@@ -23,7 +23,7 @@ from .guest_args import parse_template
 from .inference.backend import Encoding, Target, backend_for, load_graph
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
-from .stores.base import GuestManifest, ModelManifest, Progress, Store
+from .stores.base import GuestManifest, ModelManifest, Progress, Store, StoredGuest, check_name
 from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
 
@@ -47,33 +47,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+STORE_HELP = "local model store (env CLASSIFIER_STORE, default ./.classifier)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="classifier",
         description="Image classification with WebAssembly business logic over TensorFlow Lite.",
     )
-    parser.add_argument(
-        "--store", type=Path, help="local model store (env CLASSIFIER_STORE, default ./.classifier)"
-    )
+    parser.add_argument("--store", type=Path, help=STORE_HELP)
+    # --store also goes after the subcommand (`classifier models list --store DIR`): each command
+    # that uses the store takes it too, without a default so that one given first is kept.
+    with_store = argparse.ArgumentParser(add_help=False)
+    with_store.add_argument("--store", type=Path, default=argparse.SUPPRESS, help=STORE_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
     models = commands.add_parser("models", help="manage the models in the store")
     model_commands = models.add_subparsers(dest="models_command", required=True)
-    put = model_commands.add_parser("put", help="store a new version of a model")
+    put = model_commands.add_parser("put", help="store a new version of a model", parents=[with_store])
     put.add_argument("name")
     put.add_argument("model", type=Path, help="a .tflite file")
     put.add_argument("--labels", type=Path, help="one label per line (default: the model's metadata)")
     put.set_defaults(handler=_models_put)
-    listing = model_commands.add_parser("list", help="list models")
+    listing = model_commands.add_parser("list", help="list models", parents=[with_store])
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_models_list)
-    remove = model_commands.add_parser("rm", help="remove a model")
+    remove = model_commands.add_parser("rm", help="remove a model", parents=[with_store])
     remove.add_argument("name")
     remove.set_defaults(handler=_models_rm)
 
     guests = commands.add_parser("guests", help="manage the business-logic guests in the store")
     guest_commands = guests.add_subparsers(dest="guests_command", required=True)
-    guest_put = guest_commands.add_parser("put", help="store a new version of a guest")
+    guest_put = guest_commands.add_parser("put", help="store a new version of a guest", parents=[with_store])
     guest_put.add_argument("name")
     guest_put.add_argument("wasm", type=Path, help="a .wasm WASI command")
     guest_put.add_argument(
@@ -82,20 +87,23 @@ def _parser() -> argparse.ArgumentParser:
         "e.g. '{model_path} {image_path}' (default: the default guest interface)",
     )
     guest_put.set_defaults(handler=_guests_put)
-    guest_list = guest_commands.add_parser("list", help="list guests")
+    guest_list = guest_commands.add_parser("list", help="list guests", parents=[with_store])
     guest_list.add_argument("--json", action="store_true")
     guest_list.set_defaults(handler=_guests_list)
-    guest_rm = guest_commands.add_parser("rm", help="remove a guest")
+    guest_rm = guest_commands.add_parser("rm", help="remove a guest", parents=[with_store])
     guest_rm.add_argument("name")
     guest_rm.set_defaults(handler=_guests_rm)
 
-    serve = commands.add_parser("serve", help="run the Dapr gRPC app (APP_PORT, default 50051)")
+    serve = commands.add_parser(
+        "serve", help="run the Dapr gRPC app (APP_PORT, default 50051)", parents=[with_store]
+    )
     serve.add_argument("--port", type=int, help="default: APP_PORT or 50051")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser(
         "demo",
         help="start `classifier serve` on the local store and classify images through it as daprd would",
+        parents=[with_store],
     )
     demo.add_argument("images", nargs="+", type=Path)
     demo.add_argument("--model", required=True)
@@ -115,11 +123,18 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--top-k", type=int)
     publish.set_defaults(handler=_publish)
 
-    classify = commands.add_parser("classify", help="classify images through the business-logic guest")
+    classify = commands.add_parser(
+        "classify", help="classify images through the business-logic guest", parents=[with_store]
+    )
     classify.add_argument("images", nargs="+", type=Path)
     classify.add_argument("--model", required=True)
     classify.add_argument("--top-k", type=int, default=5)
-    classify.add_argument("--guest", type=Path, help="business-logic guest (default: the embedded one)")
+    classify.add_argument(
+        "--guest",
+        metavar="FILE.wasm|NAME",
+        help="business-logic guest: a .wasm file, or the name of one stored with `guests put` "
+        "(default: the embedded one)",
+    )
     classify.add_argument(
         "--guest-args",
         metavar="TEMPLATE",
@@ -134,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     run = wasm_commands.add_parser(
         "run",
         help="run a WASI command guest, like `wasmedge --dir .:. --nn-preload ... app.wasm args`",
+        parents=[with_store],
     )
     run.add_argument(
         "--dir",
@@ -221,6 +237,9 @@ def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     model = _read(args.model)
     labels = parse_labels(_read(args.labels).decode("utf-8")) if args.labels else None
     manifest = _store(settings).put(args.name, model, labels, progress=_progress(f"uploading {args.name}"))
+    if manifest.unchanged:
+        print(f"{manifest.name} version {manifest.version} is already stored (same sha256 and labels)")
+        return 0
     source = "labels file" if args.labels else ("model metadata" if manifest.has_labels else "no labels")
     print(
         f"stored {manifest.name} version {manifest.version} "
@@ -261,6 +280,9 @@ def _guests_put(args: argparse.Namespace, settings: Settings) -> int:
     manifest = _store(settings).put_guest(
         args.name, _read(args.wasm), template, progress=_progress(f"uploading {args.name}")
     )
+    if manifest.unchanged:
+        print(f"guest {manifest.name} version {manifest.version} is already stored (same sha256 and args)")
+        return 0
     print(f"stored guest {manifest.name} version {manifest.version} ({manifest.size} bytes)")
     _announce("guest", manifest.name, manifest.version)
     return 0
@@ -394,14 +416,44 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
 def _classify(args: argparse.Namespace, settings: Settings) -> int:
     from .pipeline import Classifier  # imported here: the other commands need no guest
 
-    if args.guest:
-        settings = replace(settings, guest=args.guest)
+    guest_wasm = None
     if args.guest_args is not None:
         settings = replace(settings, guest_args=parse_template(args.guest_args))
-    classifier = Classifier(settings)
+    if args.guest and args.guest.endswith(".wasm"):
+        settings = replace(settings, guest=Path(args.guest))
+    elif args.guest:  # as CLASSIFIER_GUEST: a name without .wasm is a guest in the store
+        stored = _stored_guest(settings, args.guest)
+        if args.guest_args is not None:
+            raise invalid_argument(
+                f"--guest-args: the stored guest {args.guest!r} keeps its args in the store "
+                "(`classifier guests put NAME FILE.wasm --args TEMPLATE`); give --guest-args "
+                "only with a .wasm file"
+            )
+        settings = replace(settings, guest_args=stored.manifest.args)
+        guest_wasm = stored.wasm
+    try:
+        classifier = Classifier(settings, guest_wasm=guest_wasm)
+    except ClassifierError as exc:
+        if settings.guest is None:
+            raise
+        raise ClassifierError(
+            exc.kind, f"--guest: {exc.message}; give an existing .wasm file, or a stored guest's name"
+        ) from exc
     failed = 0
     try:
-        classifier.model(args.model)  # an unknown model fails once, before any image
+        try:
+            classifier.model(args.model)  # an unknown model fails once, before any image
+        except ClassifierError as exc:
+            if args.json:  # every image gets its JSON line, as when an image fails
+                for image in args.images:
+                    print(json.dumps({"image": str(image), "error": exc.to_dict()}))
+            if exc.kind != ErrorKind.NOT_FOUND:
+                raise
+            raise ClassifierError(
+                exc.kind,
+                f"{exc.message}: store it with `classifier models put {args.model} MODEL.tflite`, "
+                "or see `classifier models list`",
+            ) from exc
         for image in args.images:
             try:
                 response = classifier.classify(_read(image), args.model, args.top_k)
@@ -418,6 +470,20 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         classifier.close()
     return 1 if failed else 0
+
+
+def _stored_guest(settings: Settings, name: str) -> StoredGuest:
+    """A guest stored with `guests put` in the local store (`classify` reads models there too)."""
+    from .stores.local import LocalStore
+
+    try:
+        return LocalStore(settings.store_dir).get_guest(check_name(name))
+    except ClassifierError as exc:
+        raise ClassifierError(
+            exc.kind,
+            f"--guest {name!r} (no .wasm suffix: a stored guest's name): {exc.message}; "
+            f"store it with `classifier guests put {name} FILE.wasm`, or give a path ending in .wasm",
+        ) from exc
 
 
 def _summary(response: dict[str, Any]) -> str:

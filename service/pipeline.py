@@ -207,6 +207,8 @@ class Classifier:
             outcome.timings["inference"] = host.get("invoke", 0.0)
             outcome.timings["guest"] -= outcome.timings["decode"] + outcome.timings["inference"]
             body = _response_body(result)
+            if business.args_template is None:
+                body = _without_zero_padding(body)
             stages.end("respond")
             outcome.response = {
                 "model": loaded.name,
@@ -328,6 +330,19 @@ def _response_body(result: GuestResult) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {"output": text}  # a guest printing plain text
     return body if isinstance(body, dict) else {"output": body}
+
+
+def _without_zero_padding(body: dict[str, Any]) -> dict[str, Any]:
+    """A default-interface guest's top-k without the trailing predictions of score exactly 0
+    (but the first): a model with fewer non-zero classes than asked for would pad the list
+    with classes it did not predict at all."""
+    predictions = body.get("predictions")
+    if not isinstance(predictions, list):
+        return body
+    kept = list(predictions)
+    while len(kept) > 1 and isinstance(kept[-1], dict) and kept[-1].get("score") == 0:
+        kept.pop()
+    return body if len(kept) == len(predictions) else {**body, "predictions": kept}
 
 
 def _last_line(data: bytes) -> str:

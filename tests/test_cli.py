@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import IMAGES, MODELS
 
-from service.cli import EXIT_TRAP, main
+from service.cli import EXIT_TRAP, _parser, main
 
 BIRDS = MODELS / "aiy_birds_v1"
 BIRD = IMAGES / "classify" / "bird.jpg"
@@ -46,8 +49,10 @@ def put_birds(capfd: pytest.CaptureFixture[str], store: Path) -> tuple[int, str,
 def test_models_put_list_rm(capfd, store: Path) -> None:
     code, out, _ = put_birds(capfd, store)
     assert code == 0 and "stored birds version 1" in out and "965 classes, labels file" in out
-    code, out, _ = put_birds(capfd, store)
-    assert code == 0 and "version 2" in out
+    code, out, _ = put_birds(capfd, store)  # the same bytes and labels again: nothing new
+    assert (code, out) == (0, "birds version 1 is already stored (same sha256 and labels)\n")
+    code, out, _ = run(capfd, "--store", store, "models", "put", "birds", BIRDS / "model.tflite")
+    assert code == 0 and "stored birds version 2" in out and "model metadata" in out  # other labels
 
     code, out, _ = run(capfd, "--store", store, "models", "list", "--json")
     [listed] = json.loads(out)
@@ -198,3 +203,176 @@ def test_serve_with_a_missing_guest_exits_1_with_one_line(tmp_path: Path) -> Non
         "classifier: start-up failed: the guest /nonexistent.wasm: No such file or directory"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_store_goes_before_or_after_the_subcommand(capfd, store: Path, tmp_path: Path) -> None:
+    code, out, _ = run(capfd, "models", "put", "birds", BIRDS / "model.tflite",
+                       "--labels", BIRDS / "labels.txt", "--store", store)  # fmt: skip
+    assert code == 0 and "stored birds version 1" in out
+    assert run(capfd, "models", "list", "--store", store)[1].startswith("birds\tv1")
+    assert run(capfd, "--store", store, "models", "list")[1].startswith("birds\tv1")
+    # given twice, the one after the subcommand wins
+    assert run(capfd, "--store", tmp_path / "other", "models", "list", "--store", store)[1].startswith(
+        "birds"
+    )
+    assert run(capfd, "--store", store, "models", "list", "--store", tmp_path / "other")[1] == ""
+
+
+def test_classify_with_a_missing_guest_file_is_one_line(capfd, store: Path) -> None:
+    put_birds(capfd, store)
+    result = subprocess.run(
+        [CLASSIFIER, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "/nonexistent.wasm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        "classifier: --guest: the guest /nonexistent.wasm: No such file or directory; "
+        "give an existing .wasm file, or a stored guest's name"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_classify_with_a_stored_guest_by_name(capfd, store: Path, test_guests) -> None:
+    put_birds(capfd, store)
+    code, _, err = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic")
+    assert code == 1 and err == (
+        "classifier: --guest 'logic' (no .wasm suffix: a stored guest's name): guest 'logic' not found in "
+        f"{store}; store it with `classifier guests put logic FILE.wasm`, or give a path ending in .wasm\n"
+    )
+    guest = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
+    assert run(capfd, "--store", store, "guests", "put", "logic", guest)[0] == 0
+    code, out, _ = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic",
+                       "--top-k", "1", "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["predictions"][0]["index"] == 166
+    # the stored guest is the one that runs: a plain-text one answers {"output": ...}
+    assert run(capfd, "--store", store, "guests", "put", "logic", test_guests["plain_text"])[0] == 0
+    code, out, _ = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic",
+                       "--json")  # fmt: skip
+    assert code == 0 and "output" in json.loads(out), out
+    code, _, err = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic",
+                       "--guest-args", "{image_path}")  # fmt: skip
+    assert code == 1 and "keeps its args in the store" in err and len(err.splitlines()) == 1
+
+
+def test_classify_unknown_model_with_json_prints_a_json_error_per_image(capfd, store: Path) -> None:
+    sparrow = IMAGES / "classify" / "sparrow.png"
+    code, out, err = run(capfd, "--store", store, "classify", BIRD, sparrow, "--model", "nosuch", "--json")
+    assert code == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["image"] for line in lines] == [str(BIRD), str(sparrow)]
+    assert all(
+        line["error"]["code"] == "not_found" and "nosuch" in line["error"]["message"] for line in lines
+    )
+    assert err == (
+        f"classifier: model 'nosuch' not found in {store}: store it with "
+        "`classifier models put nosuch MODEL.tflite`, or see `classifier models list`\n"
+    )
+
+
+def test_guests_put_of_the_stored_version_stores_nothing(capfd, store: Path, test_guests) -> None:
+    guest = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
+    size = guest.stat().st_size
+    assert (
+        run(capfd, "--store", store, "guests", "put", "g", guest)[1]
+        == f"stored guest g version 1 ({size} bytes)\n"
+    )
+    code, out, _ = run(capfd, "--store", store, "guests", "put", "g", guest)
+    assert (code, out) == (0, "guest g version 1 is already stored (same sha256 and args)\n")
+    code, out, _ = run(capfd, "--store", store, "guests", "put", "g", guest, "--args", "{model_path}")
+    assert code == 0 and out.startswith("stored guest g version 2")
+
+
+def test_top_k_is_not_padded_with_zero_scores(capfd, store: Path) -> None:
+    """docs/guests.md "Top-k is at most k": birds gives bird.jpg a handful of non-zero classes."""
+    put_birds(capfd, store)
+    code, out, _ = run(
+        capfd, "--store", store, "classify", BIRD, "--model", "birds", "--top-k", "965", "--json"
+    )
+    assert code == 0
+    predictions = json.loads(out)["predictions"]
+    assert 1 < len(predictions) < 965 and all(p["score"] > 0 for p in predictions), predictions
+    code, out, _ = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--top-k", "965")
+    assert code == 0 and out.count(", ") == len(predictions) - 1 and " 0.000" not in out
+
+
+def test_zero_padding_keeps_the_first_prediction() -> None:
+    from service.pipeline import _without_zero_padding
+
+    zero, low = {"index": 1, "score": 0.0}, {"index": 2, "score": 0.00390625}
+    assert _without_zero_padding({"predictions": [low, zero, zero]}) == {"predictions": [low]}
+    assert _without_zero_padding({"predictions": [zero, zero]}) == {"predictions": [zero]}
+    assert _without_zero_padding({"output": "text"}) == {"output": "text"}
+    assert _without_zero_padding({"predictions": [low, low]}) == {"predictions": [low, low]}
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _command_summary() -> list[str]:
+    section = README.read_text().split("## The command line\n", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("classifier ")]
+
+
+def _leaf_commands() -> dict[str, argparse.ArgumentParser]:
+    """Every runnable command, by its prog (`classifier models put`), from the parser itself."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subcommands:
+            found[parser.prog] = parser
+        for action in subcommands:
+            for child in action.choices.values():
+                walk(child)
+
+    walk(_parser())
+    return found
+
+
+def test_readme_command_summary_lists_every_option_and_default() -> None:
+    """The README's summary cannot drift from argparse: each command has its line, each line
+    names each of its command's options (and no other), with the default where there is one."""
+    lines = _command_summary()
+    commands = _leaf_commands()
+    assert commands, "no commands found"
+    readme = README.read_text()
+    for prog, parser in commands.items():
+        [line] = [line for line in lines if line.startswith(prog + " ") or line == prog]
+        shown = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", line.split("#", 1)[0]))
+        options = {
+            option
+            for action in parser._actions
+            for option in action.option_strings
+            if option.startswith("--") and option != "--help"
+        }
+        # --store is on every command that uses the store: the text under the summary says so
+        assert shown == options - {"--store"}, (prog, shown, options)
+        for action in parser._actions:
+            if "--top-k" in action.option_strings and action.default is not None:
+                assert f"K default {action.default}" in line, (prog, line)
+            if "--timeout" in action.option_strings:
+                assert f"S default {action.default:g}" in line, (prog, line)
+    assert len(lines) == len(commands), "a README line for a command that does not exist"
+    assert "`--store DIR` goes before or after the subcommand" in readme
+
+
+def test_readme_classify_json_sample_is_what_it_prints(capfd, monkeypatch, tmp_path: Path) -> None:
+    section = README.read_text().split("## The command line\n", 1)[1]
+    sample = section.split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    command, shown = sample[0].removeprefix("$ classifier "), sample[1]
+    monkeypatch.chdir(README.parent)  # the README's ../shared paths
+    monkeypatch.setenv("CLASSIFIER_STORE", str(tmp_path / "store"))
+    assert (
+        run(capfd, "models", "put", "birds", BIRDS / "model.tflite", "--labels", BIRDS / "labels.txt")[0] == 0
+    )
+    code, out, _ = run(capfd, *shlex.split(command))
+    assert code == 0
+    printed, expected = json.loads(out), json.loads(shown)
+    assert printed["elapsed_ms"] > 0
+    assert {**printed, "elapsed_ms": 0} == {**expected, "elapsed_ms": 0}
+    assert out.strip() == shown.replace(
+        f'"elapsed_ms": {expected["elapsed_ms"]}', f'"elapsed_ms": {printed["elapsed_ms"]}'
+    )

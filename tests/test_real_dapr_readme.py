@@ -466,8 +466,11 @@ def test_readme_running_calling_publishing_then_dapr_stop(prepared: dict[str, st
             assert code == 0, f"{step.command}\n{out}"
             assert_shows(step.expected, out, step.command)
             assert "Traceback" not in out, out
-        # the README's calls show version 2: the second upload, once the service has it
-        wait_models(2)
+        # the version the README's calls show (the second upload has the first one's bytes and
+        # labels: it stores nothing, so 1), once the service has it
+        shown_version = re.search(r'"version": (\d+)', calling_text)
+        assert shown_version and any("is already stored" in line for s in uploads for line in s.expected)
+        wait_models(int(shown_version.group(1)))
         assert not processes("classifier", "models put"), "an uploader outlived its `dapr run`"
         assert not processes("daprd", "--app-id uploader"), "the uploader's daprd outlived its `dapr run`"
 

@@ -88,6 +88,21 @@ def test_each_put_is_a_new_version(store: Store) -> None:
     assert len(stored.labels_path.read_text().splitlines()) == 1001
 
 
+def test_a_put_of_what_is_stored_stores_nothing(store: Store) -> None:
+    first = store.put("m", BIRDS, BIRDS_LABELS)
+    again = store.put("m", BIRDS, list(BIRDS_LABELS), progress=lambda done, total: pytest.fail("uploaded"))
+    assert again.unchanged and not first.unchanged
+    assert again == first and store.manifest("m") == first and store.manifest("m").version == 1
+    assert store.put("m", BIRDS, [label.upper() for label in BIRDS_LABELS]).version == 2  # other labels
+    assert store.put("m", BIRDS, BIRDS_LABELS).version == 3  # only the current version counts
+
+    guest = store.put_guest("g", GUEST, ("{model_path}",))
+    same = store.put_guest("g", GUEST, ("{model_path}",))
+    assert same.unchanged and same == guest and store.guest_manifest("g").version == 1
+    assert store.put_guest("g", GUEST).version == 2  # other args: a new version
+    assert [g.version for g in store.list_guests()] == [2]
+
+
 def test_labels_default_to_the_model_metadata(store: Store) -> None:
     manifest = store.put("meta", METADATA_MODEL)
     assert manifest.has_labels

@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,6 +58,8 @@ class ModelManifest:
     has_labels: bool
     created: float  # unix time
     encoding: str = Encoding.TENSORFLOWLITE.value  # the inference backend's (manifests before it: TFLite)
+    # Set by put() only: the current version already had these bytes and labels, nothing was stored.
+    unchanged: bool = field(default=False, compare=False, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -152,6 +154,8 @@ class GuestManifest:
     size: int
     args: tuple[str, ...] | None
     created: float
+    # Set by put_guest() only: the current version already had these bytes and args, nothing was stored.
+    unchanged: bool = field(default=False, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -209,7 +213,11 @@ class Progress(Protocol):
 
 
 class Store(Protocol):
-    """Models and guests, by name, each with a current version."""
+    """Models and guests, by name, each with a current version.
+
+    A put of what the current version already holds (the same sha256 and labels, or for a
+    guest the same sha256 and args) stores nothing: it returns the current manifest with
+    `unchanged` set."""
 
     def put(
         self, name: str, model: bytes, labels: list[str] | None = None, progress: Progress | None = None

@@ -88,14 +88,19 @@ class DaprStore:
     ) -> ModelManifest:
         check_name(name)
         manifest, labels = prepare_model(name, model, labels, 1)  # the version is set on commit
+        current, _ = self._read_json(f"model/{name}")
+        if current is not None and _same(current, {"sha256": manifest.sha256, "labels": labels}, "labels"):
+            return replace(ModelManifest.from_dict(current), unchanged=True)  # no chunk uploaded
         record = {
             **manifest.to_dict(),
             "labels": labels,
             **self._put_chunks(f"model/{name}", model, progress),
         }
-        version = self._commit_manifest(f"model/{name}", record)
+        committed = self._commit_manifest(f"model/{name}", record, "labels")
         self._add_to_index("models", name)
-        return replace(manifest, version=version)
+        if committed is not None:  # an identical upload committed meanwhile
+            return replace(ModelManifest.from_dict(committed), unchanged=True)
+        return replace(manifest, version=int(record["version"]))
 
     def manifest(self, name: str) -> ModelManifest:
         return ModelManifest.from_dict(self._manifest_record(f"model/{name}", "model", name))
@@ -128,10 +133,15 @@ class DaprStore:
     ) -> GuestManifest:
         check_name(name)
         manifest = prepare_guest(name, wasm, args, 1)  # the version is set on commit
+        current, _ = self._read_json(f"guest/{name}")
+        if current is not None and _same(current, manifest.to_dict(), "args"):
+            return replace(GuestManifest.from_dict(current), unchanged=True)  # no chunk uploaded
         record = {**manifest.to_dict(), **self._put_chunks(f"guest/{name}", wasm, progress)}
-        version = self._commit_manifest(f"guest/{name}", record)
+        committed = self._commit_manifest(f"guest/{name}", record, "args")
         self._add_to_index("guests", name)
-        return replace(manifest, version=version)
+        if committed is not None:
+            return replace(GuestManifest.from_dict(committed), unchanged=True)
+        return replace(manifest, version=int(record["version"]))
 
     def guest_manifest(self, name: str) -> GuestManifest:
         return GuestManifest.from_dict(self._manifest_record(f"guest/{name}", "guest", name))
@@ -188,12 +198,17 @@ class DaprStore:
             raise store_fault(f"{what}: the stored bytes do not match the manifest's sha256")
         return data
 
-    def _commit_manifest(self, key: str, uploaded: dict[str, Any]) -> int:
+    def _commit_manifest(self, key: str, uploaded: dict[str, Any], same_field: str) -> dict[str, Any] | None:
         """Write the manifest last, as the version after the current one, only if nobody
         replaced it meanwhile (else re-read and try again); then drop the chunks of the
-        version before the previous one (a reader may still be on the previous). The version."""
+        version before the previous one (a reader may still be on the previous). Sets
+        `uploaded["version"]`; returns None, or the current record if it already has the same
+        sha256 and `same_field` (an identical upload committed meanwhile: nothing is written)."""
         for _ in range(COMMIT_ATTEMPTS):
             previous, etag = self._read_json(key)
+            if previous is not None and _same(previous, uploaded, same_field):
+                self._delete_chunks(key, uploaded)  # this upload's own chunks: nothing refers to them
+                return previous
             record = {**uploaded, "version": int(previous["version"]) + 1 if previous else 1}
             if previous:
                 record["previous"] = {
@@ -208,7 +223,8 @@ class DaprStore:
             stale = previous.get("previous") if previous else None
             if previous and stale and _prefix_of(stale) not in (_prefix_of(record), _prefix_of(previous)):
                 self._delete_chunks(key, stale)
-            return int(record["version"])
+            uploaded["version"] = record["version"]
+            return None
         raise store_unavailable(
             f"{key} was replaced by {COMMIT_ATTEMPTS} other uploads while this one committed; try again"
         )
@@ -323,3 +339,12 @@ def _write_dir(directory: Path, files: dict[str, bytes], manifest: dict[str, Any
         shutil.rmtree(staging, ignore_errors=True)
         if not (directory / MANIFEST_FILE).exists():  # not another thread's finished copy
             raise
+
+
+def _same(current: dict[str, Any], uploaded: dict[str, Any], same_field: str) -> bool:
+    """The current manifest record already holds what is uploaded: the same sha256 and labels
+    (models) or args (guests)."""
+    return bool(
+        current.get("sha256") == uploaded.get("sha256")
+        and current.get(same_field) == uploaded.get(same_field)
+    )

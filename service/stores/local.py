@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,11 @@ class LocalStore:
         """Store a new version of a model; labels default to those in its metadata."""
         version = self._models.current_version(check_name(name)) + 1
         manifest, labels = prepare_model(name, model, labels, version)
+        if version > 1:
+            current = self.get(name)
+            stored_labels = current.labels_path.read_text().splitlines() if current.labels_path else None
+            if current.manifest.sha256 == manifest.sha256 and stored_labels == labels:
+                return replace(current.manifest, unchanged=True)
         files = {manifest.model_file: model}
         if labels is not None:
             files[LABELS_FILE] = ("\n".join(labels) + "\n").encode("utf-8")
@@ -136,6 +142,10 @@ class LocalStore:
     ) -> GuestManifest:
         version = self._guests.current_version(check_name(name)) + 1
         manifest = prepare_guest(name, wasm, args, version)
+        if version > 1:
+            current = self.guest_manifest(name)
+            if (current.sha256, current.args) == (manifest.sha256, manifest.args):
+                return replace(current, unchanged=True)
         self._guests.publish(name, version, {GUEST_FILE: wasm}, manifest.to_dict())
         if progress is not None:
             progress(len(wasm), len(wasm))

@@ -1,0 +1,42 @@
+"""docs/guests.md "Building a guest in C": its commands, run as shown, print what it shows."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from conftest import ROOT, SHARED
+
+
+def console_steps(markdown: str, heading: str) -> list[tuple[str, list[str]]]:
+    """(command, shown output lines) of the first `console` block under `heading`."""
+    section = markdown.split(heading, 1)[1]
+    block = re.search(r"```console\n(.*?)```", section, flags=re.S)
+    assert block, f"no console block under {heading}"
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.group(1).splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif steps:
+            steps[-1][1].append(line)
+    return steps
+
+
+def test_the_guest_example_runs_as_shown(tmp_path: Path) -> None:
+    # A project root of its own (the example writes my_guest.c and my_guest.wasm there), with
+    # ../shared beside it, as in the checkout.
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "wasm").symlink_to(ROOT / "wasm")
+    (tmp_path / "shared").symlink_to(SHARED)
+    steps = console_steps((ROOT / "docs" / "guests.md").read_text(), "## Building a guest in C")
+    assert [command.split()[0] for command, _ in steps] == ["cp", "python", "classifier"]
+    env = {**os.environ, "CLASSIFIER_CACHE_DIR": str(tmp_path / "cache")}
+    for command, shown in steps:
+        done = subprocess.run(
+            command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+        assert done.stdout.splitlines() == shown, command

@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,14 +29,34 @@ from pathlib import Path
 
 import redis
 
-from service.demo import free_port
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tools.dapr import DaprInstall, install  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 APP_ID = "image-classifier"
+
+# Ports for the processes these tests start: below the kernel's ephemeral range (32768-60999),
+# where no outgoing connection can take one between choosing it and binding it, and never the
+# same one twice in a run (a bind-to-0 port is free again once released: two free_port() calls
+# can return the same port, and daprd then fails with "could not listen on any endpoint").
+_PORTS = list(range(20000, 32000))
+random.shuffle(_PORTS)
+_PORT_LOCK = threading.Lock()
+
+
+def free_port() -> int:
+    """A loopback port no process listens on, handed out once per test run."""
+    with _PORT_LOCK:
+        while _PORTS:
+            port = _PORTS.pop()
+            with socket.socket() as probe:
+                try:
+                    probe.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free loopback port left in 20000-32000")
 
 
 def dapr_install() -> DaprInstall:

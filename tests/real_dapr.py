@@ -23,9 +23,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import redis
 
@@ -86,15 +87,18 @@ def _stop(process: subprocess.Popen, timeout: float = 15.0) -> int:
     return process.returncode
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    """Poll `condition` until it returns something truthy (returned) or `timeout` passes."""
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.1
+) -> Any:
+    """Poll `condition` until it returns something truthy (returned) or `timeout` passes;
+    `what` (or what it returns) names the condition in the failure."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
+            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
         time.sleep(interval)
 
 
@@ -417,9 +421,14 @@ class App:
             self.process.wait()
 
 
+class _Sidecar(Protocol):
+    def env(self) -> dict[str, str]: ...
+
+
 @contextlib.contextmanager
-def sidecar_env(daprd: Daprd) -> Iterator[None]:
-    """DaprClient (and the `classifier` CLI) read the sidecar's address from the environment."""
+def sidecar_env(daprd: _Sidecar) -> Iterator[None]:
+    """DaprClient (and the `classifier` CLI) read the sidecar's address from the environment
+    (of a real Daprd here, or of the double, tests/daprd.py)."""
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in daprd.env().items() if k.startswith("DAPR_")})
     try:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import MODELS
 from dapr.clients import DaprClient
 from daprd import FakeDaprd, InvokeResult
+from real_dapr import sidecar_env
 
 from service.demo import free_port
 from service.stores.dapr import DaprStore
@@ -82,18 +81,6 @@ class ServiceProcess:
 
 def new_daprd(**options: object) -> FakeDaprd:
     return FakeDaprd(app_port=free_port(), key_prefix="name", **options).start()  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def sidecar_env(daprd: FakeDaprd) -> Iterator[None]:
-    """DaprClient reads its sidecar's address from the environment."""
-    saved = dict(os.environ)
-    os.environ.update({k: v for k, v in daprd.env().items() if k.startswith("DAPR_")})
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def upload(daprd: FakeDaprd, tmp: Path, name: str, model: str, labels: list[str] | None = None) -> int:

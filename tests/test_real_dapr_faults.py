@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import real_dapr
 from conftest import IMAGES, MODELS
 from dapr.clients import DaprClient
 from real_dapr import APP_ID, Daprd, Stack, sidecar_env, stack
@@ -177,12 +178,9 @@ def pending(stack_: Stack, topic: str = "images") -> int:
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until `check()`; the time it took."""
+    """Poll until `check()` (real_dapr.wait_for); the time it took."""
     start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.2)
+    real_dapr.wait_for(check, timeout, what, interval=0.2)
     return time.monotonic() - start
 
 

@@ -30,7 +30,7 @@ import pytest
 import redis
 from conftest import IMAGES, MODELS, ROOT
 from dapr.clients import DaprClient
-from real_dapr import Daprd, Stack, dapr_install, sidecar_env, stack
+from real_dapr import Daprd, Stack, dapr_install, sidecar_env, stack, wait_for
 
 from service.stores.dapr import DaprStore
 
@@ -100,16 +100,6 @@ def poll(
     while time.monotonic() < deadline:
         value = fetch()
         if done(value):
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: Callable[[], str] | str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
             return value
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from tests.real_dapr import dapr_install
+from real_dapr import dapr_install, wait_for
 
 pytestmark = pytest.mark.dapr
 
@@ -266,16 +265,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} within {timeout} s")
 
 
 def http(method: str, path: str, body: bytes | None = None, timeout: float = 10) -> tuple[int, bytes]:

@@ -445,7 +445,11 @@ def test_readme_subscriber_gets_the_results(ready: Ready, tmp_path: Path) -> Non
             60,
             lambda: script.with_suffix(".out").read_text()[-2000:],
         )
-        lines = {line.split(" ", 1)[0]: line for line in printed.splitlines() if line.startswith("readme-")}
+        # Handler threads print concurrently: print() writes the text and the newline separately, so
+        # two results can share a line. Split on the ids instead of on lines.
+        lines = dict(
+            re.findall(r"(readme-[0-9a-f-]{36}) (.*?)(?=readme-[0-9a-f-]{36} |\Z)", printed, flags=re.S)
+        )
         assert BIRD_LABEL in lines[good] and "invalid_argument" in lines[bad]
         assert "DeprecationWarning" not in printed
     finally:

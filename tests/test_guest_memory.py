@@ -1,0 +1,116 @@
+"""Exact bounds of guest memory access: the last byte is reachable, one byte past it is not.
+
+Every host ABI reads and writes guest memory through `service.wasm.memory.GuestMemory`; an
+off-by-one there lets a guest read or write one byte of host memory. These tests call it from a
+real host function of a real wasmtime instance with a one-page (65,536-byte) memory, at the
+boundary itself, not several bytes beyond it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import wasmtime
+
+from service.wasm.memory import GuestMemory, GuestMemoryError, MissingMemory
+
+PAGE = 65_536
+
+# `check(ptr, len)` asks the host to take a view of [ptr, ptr+len); `store(ptr)` writes 0xAB there first,
+# through wasm, so a view can be compared with what the guest itself wrote.
+MODULE = """
+(module
+  (import "host" "check" (func $check (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "check") (param i32 i32) (result i32) (call $check (local.get 0) (local.get 1)))
+  (func (export "store") (param i32) (i32.store8 (local.get 0) (i32.const 0xAB))))
+"""
+NO_MEMORY = """
+(module
+  (import "host" "check" (func $check (param i32 i32) (result i32)))
+  (func (export "check") (param i32 i32) (result i32) (call $check (local.get 0) (local.get 1))))
+"""
+
+HostAction = Callable[[GuestMemory, int, int], None]
+
+
+def call_host(
+    action: HostAction, ptr: int, length: int, wat: str = MODULE, stored_at: int | None = None
+) -> int:
+    """Run `action(memory, ptr, length)` inside a host call: 0 if it succeeded, 1 on GuestMemoryError."""
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+
+    def check(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+        try:
+            action(GuestMemory(caller), ptr & 0xFFFFFFFF, length & 0xFFFFFFFF)
+        except GuestMemoryError:
+            return 1
+        return 0
+
+    check_type = wasmtime.FuncType([wasmtime.ValType.i32(), wasmtime.ValType.i32()], [wasmtime.ValType.i32()])
+    host = wasmtime.Func(store, check_type, check, access_caller=True)
+    instance = wasmtime.Instance(store, wasmtime.Module(engine, wat), [host])
+    if stored_at is not None:
+        instance.exports(store)["store"](store, stored_at)
+    result = instance.exports(store)["check"](store, ptr, length)
+    assert isinstance(result, int)
+    return result
+
+
+def view(memory: GuestMemory, ptr: int, length: int) -> None:
+    assert memory.view(ptr, length).size == length
+
+
+@pytest.mark.parametrize(
+    ("ptr", "length", "outside"),
+    [
+        (0, PAGE, 0),  # all of it
+        (PAGE - 1, 1, 0),  # the last byte
+        (PAGE, 0, 0),  # an empty range at the very end
+        (0, PAGE + 1, 1),  # one byte more than all of it
+        (PAGE - 1, 2, 1),  # the last byte and one past it
+        (PAGE, 1, 1),  # the first byte past the end
+        (PAGE + 1, 0, 1),  # an empty range starting past the end
+        (0xFFFFFFFF, 2, 1),  # ptr + len wraps a u32: must not wrap to a small address
+    ],
+)
+def test_a_view_reaches_the_last_byte_and_not_one_past_it(ptr: int, length: int, outside: int) -> None:
+    assert call_host(view, ptr, length) == outside
+
+
+def test_a_view_is_the_guests_own_bytes() -> None:
+    seen: list[int] = []
+
+    def read(memory: GuestMemory, ptr: int, length: int) -> None:
+        seen.extend(memory.view(ptr, length))
+
+    call_host(read, PAGE - 1, 1, stored_at=PAGE - 1)
+    assert seen == [0xAB]
+
+
+@pytest.mark.parametrize(("ptr", "outside"), [(PAGE - 4, 0), (PAGE - 3, 1)])
+def test_u32_reads_and_writes_end_at_the_last_byte(ptr: int, outside: int) -> None:
+    def read_write(memory: GuestMemory, ptr: int, _length: int) -> None:
+        memory.write_u32(ptr, 0xDEADBEEF)
+        assert memory.read_u32s(ptr, 1).tolist() == [0xDEADBEEF]
+
+    assert call_host(read_write, ptr, 0) == outside
+
+
+@pytest.mark.parametrize(("count", "outside"), [(PAGE // 4, 0), (PAGE // 4 + 1, 1)])
+def test_u32_arrays_are_bounded_by_their_whole_length(count: int, outside: int) -> None:
+    assert call_host(lambda memory, ptr, n: memory.read_u32s(ptr, n), 0, count) == outside
+
+
+@pytest.mark.parametrize(("length", "outside"), [(PAGE, 0), (PAGE + 1, 1)])
+def test_writes_are_bounded_by_their_whole_length(length: int, outside: int) -> None:
+    assert call_host(lambda memory, ptr, n: memory.write(ptr, bytes(n)), 0, length) == outside
+
+
+def test_a_guest_without_memory_traps() -> None:
+    with pytest.raises(wasmtime.Trap) as trap:
+        call_host(view, 0, 0, wat=NO_MEMORY)
+    assert "exports no memory" in str(trap.value)
+    assert MissingMemory.__mro__[1] is wasmtime.Trap

@@ -57,6 +57,9 @@ class HardeningLog:
     ) -> None:
         if section not in SECTIONS:
             raise ValueError(f"unknown section {section!r}")
+        # Every case expects the service to keep serving: a record is also the assertion, so a result that
+        # only the generated document would show can never pass unnoticed.
+        assert healthy_after, f"{section}: {case}: not healthy afterwards ({outcome}; {error})"
         error = " ".join(error.split())
         if len(error) > MAX_MESSAGE:
             error = error[: MAX_MESSAGE - 1] + "…"

@@ -439,6 +439,35 @@ def test_stored_guest_is_swapped_without_restart(tmp_path: Path, test_guests: di
             daprd.close()
 
 
+def test_store_unavailable_while_classifying_an_event_is_retried_not_dropped(tmp_path: Path) -> None:
+    """A store outage is no verdict on the event: the model it names may exist. RETRY keeps the event
+    (daprd redelivers it); a DROP would send a good event to the dead-letter topic unnoticed."""
+    daprd = new_daprd()
+    upload(daprd, tmp_path, "birds", "aiy_birds_v1")
+    service = ServiceProcess(daprd, tmp_path, CLASSIFIER_POLL_S="3600")  # no poll takes the injected faults
+    try:
+        service.wait_ready()
+        body = json.dumps({"image_base64": base64.b64encode(BIRD).decode(), "model": "not-loaded"}).encode()
+        daprd.fail_next("GetState", grpc.StatusCode.UNAVAILABLE, times=2)  # its manifest cannot be read
+        delivery = daprd.deliver("pubsub", "images", body, "application/json", event_id="outage")
+        # Two RETRYs while the store is down; the third attempt reads the store: no such model, a real DROP.
+        assert (delivery.status, delivery.attempts, delivery.dead_lettered) == ("DROP", 3, True), delivery
+        assert [r["error"]["code"] for r in daprd_results(daprd, "outage")] == ["not_found"]  # one answer
+        assert json.loads(daprd.invoke("classify", BIRD).data)["predictions"][0]["index"] == 166
+    finally:
+        assert service.terminate() == 0
+        daprd.close()
+
+
+def daprd_results(daprd: FakeDaprd, event_id: str) -> list[dict]:
+    """Every result published for `event_id` (results_for gives the first)."""
+    return [
+        result
+        for result in (json.loads(p.data) for p in daprd.published("classifications"))
+        if result.get("correlation_id") == event_id
+    ]
+
+
 def test_empty_store_is_not_healthy_until_a_model_is_uploaded(tmp_path: Path) -> None:
     daprd = new_daprd()
     service = ServiceProcess(daprd, tmp_path)

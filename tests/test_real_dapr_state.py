@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from conftest import IMAGES, MODELS, ROOT
 from dapr.clients import DaprClient
@@ -186,10 +187,10 @@ def test_redis_etag_rules_through_daprd(tmp_path: Path) -> None:
             client.save_state("statestore", "plain", b"1")
             client.save_state("statestore", "plain", b"2", options=first_write)  # no first-write flag yet
             client.save_state("statestore", "fw", b"1", options=first_write)
-            with pytest.raises(Exception) as exists:
+            with pytest.raises(grpc.RpcError) as exists:
                 client.save_state("statestore", "fw", b"2", options=first_write)
             assert exists.value.code().name == "INTERNAL" and "failed to set key" in exists.value.details()
-            with pytest.raises(Exception) as stale:
+            with pytest.raises(grpc.RpcError) as stale:
                 client.save_state("statestore", "fw", b"2", etag="7", options=first_write)
             assert stale.value.code().name == "ABORTED"
             client.save_state(

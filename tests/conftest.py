@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from service.wasm.call import GuestCall, GuestLimits
 from service.wasm.host import GuestResult, Preopen, WasmHost
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# ../shared beside the project; CLASSIFIER_TEST_SHARED for a copy of the tests run elsewhere (mutmut).
+SHARED = Path(os.environ.get("CLASSIFIER_TEST_SHARED") or ROOT.parent / "shared").resolve()
 MODELS = SHARED / "models"
 IMAGES = SHARED / "images"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import wasmtime
 
@@ -112,5 +113,54 @@ def test_writes_are_bounded_by_their_whole_length(length: int, outside: int) -> 
 def test_a_guest_without_memory_traps() -> None:
     with pytest.raises(wasmtime.Trap) as trap:
         call_host(view, 0, 0, wat=NO_MEMORY)
-    assert "exports no memory" in str(trap.value)
+    assert str(trap.value).startswith("guest exports no memory")
     assert MissingMemory.__mro__[1] is wasmtime.Trap
+
+
+def test_negative_host_computed_ranges_are_outside() -> None:
+    """Guest pointers are u32, but a host module may compute an offset: a negative one never wraps."""
+
+    def negative(memory: GuestMemory, _ptr: int, _length: int) -> None:
+        for ptr, length in ((-1, 1), (0, -1), (-4, 4)):
+            with pytest.raises(GuestMemoryError):
+                memory.view(ptr, length)
+
+    assert call_host(negative, 0, 0) == 0
+
+
+def test_the_error_names_the_range_and_the_memory_size() -> None:
+    messages: list[str] = []
+
+    def outside(memory: GuestMemory, ptr: int, length: int) -> None:
+        try:
+            memory.view(ptr, length)
+        except GuestMemoryError as error:
+            messages.append(str(error))
+
+    call_host(outside, PAGE, 1)
+    assert messages == ["range 0x10000+1 is outside guest memory (65536)"]
+
+
+def test_read_bytes_copies_exactly_the_range() -> None:
+    copied: list[bytes] = []
+    call_host(
+        lambda memory, ptr, length: copied.append(memory.read_bytes(ptr, length)),
+        PAGE - 2,
+        2,
+        stored_at=PAGE - 2,
+    )
+    assert copied == [b"\xab\x00"]
+    assert call_host(lambda memory, ptr, length: memory.read_bytes(ptr, length), PAGE - 1, 2) == 1
+
+
+def test_arrays_are_written_as_their_bytes_in_order() -> None:
+    """Host modules write tensors (any dtype, any shape) as they are laid out in memory."""
+    tensor = np.arange(6, dtype="<f4").reshape(2, 3)
+    written: list[bytes] = []
+
+    def write(memory: GuestMemory, ptr: int, _length: int) -> None:
+        memory.write(ptr, tensor)
+        written.append(memory.read_bytes(ptr, tensor.nbytes))
+
+    call_host(write, PAGE - tensor.nbytes, 0)
+    assert written == [tensor.tobytes()]

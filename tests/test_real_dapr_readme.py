@@ -544,7 +544,7 @@ def _run_subscriber(step: Step, env: dict[str, str], tmp: Path) -> str:
             # Ctrl-C before the CLI's start-up is over (it prints "up and running" last) hangs it
             lambda: _subscriber_done(log.read_text(errors="replace")) or process.poll() is not None,
             90,
-            "the subscriber did not print three results",
+            lambda: "the subscriber did not print three results:\n" + log.read_text(errors="replace")[-4000:],
         )
         text = log.read_text(errors="replace")
         assert_shows(step.expected, text, step.command, ordered=False)

@@ -335,13 +335,23 @@ def test_damaged_new_version_is_not_activated(
 # -- lifecycle and auth -------------------------------------------------------------------
 
 
+def wait_logged(service: ServiceProcess, text: str, timeout: float = 30.0) -> None:
+    """Wait until the service's log has `text`: the state a test then checks has been reached."""
+    deadline = time.monotonic() + timeout
+    while text not in service.log():
+        assert service.process.poll() is None, f"the service exited:\n{service.log()[-3000:]}"
+        assert time.monotonic() < deadline, f"not logged within {timeout} s: {text}\n{service.log()[-3000:]}"
+        time.sleep(0.05)
+
+
 def test_waits_for_a_late_sidecar_then_becomes_healthy(tmp_path: Path) -> None:
     daprd = new_daprd()
     upload(daprd, tmp_path, "birds", "aiy_birds_v1")
     daprd.stop()  # the sidecar is down when the app starts
-    service = ServiceProcess(daprd, tmp_path)
+    service = ServiceProcess(daprd, tmp_path, DAPR_HEALTH_TIMEOUT="1")  # the SDK's wait gives up after 1 s
     try:
-        time.sleep(1.5)
+        # the SDK's health wait timed out, and the app goes on waiting rather than exiting
+        wait_logged(service, "waiting for the Dapr sidecar")
         assert service.process.poll() is None
         daprd.start()
         service.wait_ready()
@@ -473,7 +483,7 @@ def test_empty_store_is_not_healthy_until_a_model_is_uploaded(tmp_path: Path) ->
     service = ServiceProcess(daprd, tmp_path)
     try:
         daprd.wait_for_app(30)
-        time.sleep(1.0)
+        wait_logged(service, "waiting for a model")  # start-up has looked at the store and found none
         assert not daprd.health_check()  # daprd holds events back rather than have them dropped
         unavailable = daprd.invoke("classify", BIRD)
         assert unavailable.code == grpc.StatusCode.UNAVAILABLE

@@ -15,7 +15,7 @@ from daprd import FakeDaprd
 from service_process import new_daprd, sidecar_env
 
 from service.errors import ClassifierError, ErrorKind
-from service.stores.base import ModelManifest, Store
+from service.stores.base import GUEST_FILE, ModelManifest, Store
 from service.stores.dapr import CHUNK_BYTES, DaprStore
 from service.stores.local import LocalStore
 
@@ -169,6 +169,51 @@ def test_invalid_guest_is_refused(store: Store) -> None:
         store.put_guest("broken", b"\0asm\x01\0\0\0garbage")
     assert error_kind(exc) == ErrorKind.INVALID_ARGUMENT and "not a valid wasm module" in exc.value.message
     assert store.list_guests() == []
+
+
+def damage(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, the size unchanged
+    path.write_bytes(bytes(data))
+
+
+def guest_file(store: Store, name: str) -> Path:
+    """The file get_guest() reads first: the stored copy (local) or the disk cache (Dapr)."""
+    if isinstance(store, LocalStore):
+        return store._guests.current_dir(name) / GUEST_FILE
+    assert isinstance(store, DaprStore)
+    return store.cache_dir / "guests" / f"{store.guest_manifest(name).sha256}.wasm"
+
+
+def test_damaged_bytes_on_disk_are_never_handed_out(store: Store) -> None:
+    """Every read is checked against the manifest's sha256: the local store's own files and the
+    Dapr store's disk cache alike. The local store has no other copy (a store fault: the registry
+    keeps serving the previous version); the Dapr store fetches its copy again from the state store."""
+    store.put("birds", BIRDS, BIRDS_LABELS)
+    damage(store.get("birds").model_path)
+    store.put_guest("logic", GUEST)
+    store.get_guest("logic")  # the Dapr store caches it on disk
+    damage(guest_file(store, "logic"))
+    if isinstance(store, LocalStore):
+        with pytest.raises(ClassifierError) as model_fault:
+            store.get("birds")
+        assert error_kind(model_fault) == ErrorKind.INTERNAL
+        assert (
+            model_fault.value.message
+            == "model 'birds' version 1: model.tflite does not match the manifest's sha256"
+        )
+        with pytest.raises(ClassifierError) as guest_fault:
+            store.get_guest("logic")
+        assert (
+            guest_fault.value.message
+            == "guest 'logic' version 1: guest.wasm does not match the manifest's sha256"
+        )
+        # an upload of the same bytes repairs it: a new version, not "already stored"
+        repaired = store.put("birds", BIRDS, BIRDS_LABELS)
+        assert (repaired.version, repaired.unchanged) == (2, False)
+    assert store.get("birds").model_path.read_bytes() == BIRDS
+    assert store.put_guest("logic", GUEST).version in (1, 2)
+    assert store.get_guest("logic").wasm == GUEST
 
 
 # -- what only the Dapr store has: chunks, the disk cache, an unreachable sidecar -------------

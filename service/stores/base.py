@@ -40,6 +40,22 @@ def store_fault(message: str) -> ClassifierError:
     return ClassifierError(ErrorKind.INTERNAL, message)
 
 
+def has_digest(data: bytes, sha256: str) -> bool:
+    return hashlib.sha256(data).hexdigest() == sha256
+
+
+def read_verified(path: Path, sha256: str, what: str) -> bytes:
+    """A stored file's bytes, checked against its manifest's sha256 on every read: a store hands out
+    what was uploaded or a store fault, never damaged bytes (a disk error, a hand edit)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise store_fault(f"{what}: {path.name} cannot be read ({exc.strerror})") from exc
+    if not has_digest(data, sha256):
+        raise store_fault(f"{what}: {path.name} does not match the manifest's sha256")
+    return data
+
+
 def check_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
         raise invalid_argument(

@@ -51,6 +51,7 @@ from .base import (
     StoredGuest,
     StoredModel,
     check_name,
+    has_digest,
     prepare_guest,
     prepare_model,
     store_fault,
@@ -111,6 +112,8 @@ class DaprStore:
         # Keyed by content (the model's and the labels' bytes), not by name or version.
         labels_digest = hashlib.sha256(json.dumps(record.get("labels")).encode()).hexdigest()[:16]
         directory = self.cache_dir / "models" / f"{manifest.sha256}-{labels_digest}"
+        if (directory / MANIFEST_FILE).exists() and not _cached_model_intact(directory, manifest):
+            shutil.rmtree(directory, ignore_errors=True)  # a damaged cache copy: fetched again below
         if not (directory / MANIFEST_FILE).exists():
             model = self._get_chunks(f"model/{name}", record, f"model {name!r} version {manifest.version}")
             files = {manifest.model_file: model}
@@ -151,7 +154,9 @@ class DaprStore:
         manifest = GuestManifest.from_dict(record)
         cached = self.cache_dir / "guests" / f"{manifest.sha256}.wasm"
         if cached.exists():
-            return StoredGuest(manifest=manifest, wasm=cached.read_bytes())
+            wasm = cached.read_bytes()
+            if has_digest(wasm, manifest.sha256):
+                return StoredGuest(manifest=manifest, wasm=wasm)  # else a damaged cache copy: fetched again
         wasm = self._get_chunks(f"guest/{name}", record, f"guest {name!r} version {manifest.version}")
         write_atomically(cached, wasm)
         return StoredGuest(manifest=manifest, wasm=wasm)
@@ -194,7 +199,7 @@ class DaprStore:
         if missing:
             raise store_fault(f"{what}: chunk {missing[0]} of {count} is missing from the store")
         data = b"".join(chunks[k] for k in keys)
-        if len(data) != int(record["size"]) or hashlib.sha256(data).hexdigest() != digest:
+        if len(data) != int(record["size"]) or not has_digest(data, digest):
             raise store_fault(f"{what}: the stored bytes do not match the manifest's sha256")
         return data
 
@@ -324,6 +329,14 @@ def _prefix_of(version: dict[str, Any]) -> str:
     """Where a version's chunks are: its upload's own prefix (versions stored before there was
     one: the first 16 hex digits of the digest)."""
     return str(version.get("chunk_prefix") or str(version["sha256"])[:16])
+
+
+def _cached_model_intact(directory: Path, manifest: ModelManifest) -> bool:
+    """The disk cache is checked like the store: a copy that no longer matches its digest is not used."""
+    try:
+        return has_digest((directory / manifest.model_file).read_bytes(), manifest.sha256)
+    except OSError:
+        return False
 
 
 def _write_dir(directory: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:

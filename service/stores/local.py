@@ -15,11 +15,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import not_found
+from ..errors import ClassifierError, ErrorKind, not_found
 from ..files import write_atomically
 from .base import (
     GUEST_FILE,
@@ -33,7 +34,10 @@ from .base import (
     check_name,
     prepare_guest,
     prepare_model,
+    read_verified,
 )
+
+T = TypeVar("T")
 
 MANIFEST_FILE = "manifest.json"
 KEEP_VERSIONS = 2
@@ -108,8 +112,7 @@ class LocalStore:
         """Store a new version of a model; labels default to those in its metadata."""
         version = self._models.current_version(check_name(name)) + 1
         manifest, labels = prepare_model(name, model, labels, version)
-        if version > 1:
-            current = self.get(name)
+        if version > 1 and (current := _intact(self.get, name)) is not None:
             stored_labels = current.labels_path.read_text().splitlines() if current.labels_path else None
             if current.manifest.sha256 == manifest.sha256 and stored_labels == labels:
                 return replace(current.manifest, unchanged=True)
@@ -127,7 +130,9 @@ class LocalStore:
     def get(self, name: str) -> StoredModel:
         directory = self._models.current_dir(name)
         manifest = ModelManifest.from_dict(json.loads((directory / MANIFEST_FILE).read_text()))
-        return StoredModel(manifest=manifest, directory=directory)
+        stored = StoredModel(manifest=manifest, directory=directory)
+        read_verified(stored.model_path, manifest.sha256, f"model {name!r} version {manifest.version}")
+        return stored
 
     def list_models(self) -> list[ModelManifest]:
         return [self.manifest(name) for name in self._models.names()]
@@ -142,8 +147,8 @@ class LocalStore:
     ) -> GuestManifest:
         version = self._guests.current_version(check_name(name)) + 1
         manifest = prepare_guest(name, wasm, args, version)
-        if version > 1:
-            current = self.guest_manifest(name)
+        if version > 1 and (stored := _intact(self.get_guest, name)) is not None:
+            current = stored.manifest
             if (current.sha256, current.args) == (manifest.sha256, manifest.args):
                 return replace(current, unchanged=True)
         self._guests.publish(name, version, {GUEST_FILE: wasm}, manifest.to_dict())
@@ -157,10 +162,22 @@ class LocalStore:
     def get_guest(self, name: str) -> StoredGuest:
         directory = self._guests.current_dir(name)
         manifest = GuestManifest.from_dict(json.loads((directory / MANIFEST_FILE).read_text()))
-        return StoredGuest(manifest=manifest, wasm=(directory / GUEST_FILE).read_bytes())
+        what = f"guest {name!r} version {manifest.version}"
+        wasm = read_verified(directory / GUEST_FILE, manifest.sha256, what)
+        return StoredGuest(manifest=manifest, wasm=wasm)
 
     def list_guests(self) -> list[GuestManifest]:
         return [self.guest_manifest(name) for name in self._guests.names()]
 
     def remove_guest(self, name: str) -> None:
         self._guests.remove(name)
+
+
+def _intact(get: Callable[[str], T], name: str) -> T | None:
+    """The current version, or None if it is damaged: an upload then stores a new one over it."""
+    try:
+        return get(name)
+    except ClassifierError as exc:
+        if exc.kind != ErrorKind.INTERNAL:
+            raise
+        return None

@@ -15,6 +15,7 @@ import json
 import re
 import shlex
 import signal
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +26,6 @@ from PIL import Image
 from ui_page import UiProcess, chromium, contrast_pairs, focused_id, free_port, open_page
 
 from service.stores.local import LocalStore
-
-pytestmark = pytest.mark.browser
 
 BIRD = IMAGES / "classify" / "bird.jpg"
 SPARROW = IMAGES / "classify" / "sparrow.png"
@@ -90,11 +89,7 @@ def browser() -> Iterator:
         yield launched
 
 
-def classify_answers(opened) -> list[dict]:
-    """The service's answers to the page's classify calls, in order."""
-    return [body for url, _, body in opened.answers if "/classify?" in url]
-
-
+@pytest.mark.browser
 def test_picked_images_show_bars_labels_scores_version_and_time(ui: str, browser) -> None:
     with open_page(browser, ui) as opened:
         page = opened.page
@@ -104,7 +99,7 @@ def test_picked_images_show_bars_labels_scores_version_and_time(ui: str, browser
         page.select_option("#model", "birds")
         page.set_input_files("#images", [BIRD, SPARROW])
         opened.wait_answered(2)
-        answers = classify_answers(opened)
+        answers = opened.calls("classify", 2)
         assert [a["model"] for a in answers] == ["birds", "birds"]
         for image, answer in zip((BIRD, SPARROW), answers, strict=True):
             shown = opened.shown(image.name)
@@ -134,6 +129,7 @@ def test_picked_images_show_bars_labels_scores_version_and_time(ui: str, browser
         assert produced.width == committed.width == 1000  # the README's is a screenshot of this test
 
 
+@pytest.mark.browser
 def test_dropped_images_are_classified_with_the_chosen_model(ui: str, browser) -> None:
     with open_page(browser, ui) as opened:
         page = opened.page
@@ -148,6 +144,7 @@ def test_dropped_images_are_classified_with_the_chosen_model(ui: str, browser) -
         assert shown["meta"].startswith("mobilenet version 1 · ")
 
 
+@pytest.mark.browser
 def test_a_file_that_is_not_an_image_is_a_clear_error_and_the_page_goes_on(
     ui: str, browser, tmp_path: Path
 ) -> None:
@@ -168,6 +165,7 @@ def test_a_file_that_is_not_an_image_is_a_clear_error_and_the_page_goes_on(
         assert opened.shown(BIRD.name)["labels"][0] == top1_label("birds", BIRD)
 
 
+@pytest.mark.browser
 def test_a_model_removed_from_the_store_is_a_clear_error(ui: str, work: Path, browser) -> None:
     with open_page(browser, ui) as opened:
         page = opened.page
@@ -191,6 +189,7 @@ def test_a_model_removed_from_the_store_is_a_clear_error(ui: str, work: Path, br
         assert page.input_value("#model") in {"birds", "mobilenet"}
 
 
+@pytest.mark.browser
 def test_usable_by_keyboard_alone(ui: str, browser) -> None:
     with open_page(browser, ui) as opened:
         page = opened.page
@@ -219,6 +218,7 @@ def test_usable_by_keyboard_alone(ui: str, browser) -> None:
         assert shown["meta"].startswith(f"{chosen} version ")
 
 
+@pytest.mark.browser
 def test_accessible_names_text_alternatives_and_contrast(ui: str, browser, tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n")
@@ -284,6 +284,7 @@ def test_the_endpoint_answers_as_the_sidecar_would(ui: str) -> None:
     assert status == 404 and body["message"] == "no such page: /api/detect"
 
 
+@pytest.mark.browser
 def test_the_demo_serves_the_page_over_its_serve(work: Path, browser, tmp_path: Path) -> None:
     port = free_port()
     demo = UiProcess(
@@ -305,3 +306,40 @@ def test_the_demo_serves_the_page_over_its_serve(work: Path, browser, tmp_path: 
         code = demo.stop(signal.SIGINT)  # Ctrl-C
     assert code == 0, demo.log()[-3000:]
     assert demo.rest_of_output()[-1] == "classifier serve stopped on SIGTERM with exit code 0"
+
+
+def test_a_port_that_cannot_be_used_is_one_line(work: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for bad, message in (
+            (str(port), f"classifier: cannot listen on 127.0.0.1:{port}: Address already in use; "
+             "choose another port with --port"),
+            ("70000", "classifier: --port 70000: must be a port number (0-65535)"),
+        ):  # fmt: skip
+            process = UiProcess(["ui", "--port", bad], cwd=work, env={}, log=tmp_path / f"ui-{bad}.log")
+            assert process.process.wait(120) == 1
+            assert process.log().strip().splitlines()[-1] == message
+
+
+@pytest.mark.browser
+def test_a_store_with_no_model_yet_says_so_until_one_is_stored(browser, tmp_path: Path) -> None:
+    port = free_port()
+    process = UiProcess(["ui", "--port", str(port)], cwd=tmp_path, env={}, log=tmp_path / "ui.log")
+    try:
+        process.wait_line("classifier ui:")
+        with open_page(browser, f"http://127.0.0.1:{port}/", wait_ready=False) as opened:
+            status = opened.page.locator("#status")
+            # First "the service is starting", then, once start-up has looked in the store, this:
+            opened.page.locator("#status", has_text="no model in the store yet").wait_for(timeout=60_000)
+            assert status.text_content() == (
+                "The service is not ready yet: unavailable (HTTP 503): no model in the store yet: "
+                "upload one with `classifier models put`. Trying again…"
+            )
+            put(LocalStore(tmp_path / ".classifier"), "birds", "aiy_birds_v1")  # the page needs no reload
+            opened.page.locator("body[data-ready]").wait_for(timeout=60_000)
+            assert opened.page.locator("#model option").all_text_contents() == ["birds (version 1)"]
+            assert status.text_content() == "1 model in the store."
+    finally:
+        assert process.stop() == 0, process.log()[-3000:]

@@ -135,6 +135,18 @@ class OpenPage:
         ):
             self.answers.append((request.url, response.status, json.loads(response.body())))
 
+    def calls(self, method: str, count: int, timeout: float = ANSWER_S) -> list[Any]:
+        """The JSON answers to the page's first `count` calls of `method`, once Playwright has
+        reported them (its events reach Python while it is called: waiting in the page pumps them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answers = [body for url, _, body in self.answers if f"/{method}" in url.split("?")[0]]
+            if len(answers) >= count:
+                return answers[:count]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(answers)} of {count} {method} answers within {timeout} s")
+            self.page.wait_for_timeout(50)
+
     def results(self) -> Any:
         return self.page.locator("#results > li")
 

@@ -150,10 +150,10 @@ class UiServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, port: int, config: PageConfig, app: AppChannel | None, max_body_bytes: int) -> None:
+    def __init__(self, port: int, config: PageConfig, max_body_bytes: int) -> None:
         super().__init__((LOOPBACK, port), _Handler)
         self.config = config
-        self.app = app
+        self.app: AppChannel | None = None  # set before serving when the page calls /api
         self.max_body_bytes = max_body_bytes
         self.connect_origin = _origin(config.invoke_base)
 
@@ -260,22 +260,18 @@ def serve_ui(settings: Settings, port: int, app_id: str) -> int:
     serve = ServeSettings.from_env()
     sidecar = sidecar_invoke_base(app_id)
     if sidecar is not None:
-        server = _bind(port, PageConfig(sidecar, f"{app_id} through the Dapr sidecar"), None, serve)
+        server = _bind(port, PageConfig(sidecar, f"{app_id} through the Dapr sidecar"), serve)
         _run(
             server,
             f"classifier ui: {server.url} (calls {app_id} through the Dapr sidecar at {_origin(sidecar)}, "
             f"which must allow this origin: daprd --allowed-origins {server.url.rstrip('/')}; Ctrl-C stops)",
         )
         return 0
+    describe = f"the embedded pipeline on the local store {settings.store_dir}"
+    server = _bind(port, PageConfig("/api", describe), serve)  # first: a port in use is one line
     service = ClassifierService(settings, replace(serve, dapr=False, port=0, listen_address=LOOPBACK))
     try:
-        serve_app_page(
-            service.start(),
-            port,
-            f"the embedded pipeline on the local store {settings.store_dir}",
-            serve,
-            failed=service.failed,
-        )
+        _run_over_app(server, service.start(), describe, failed=service.failed)
     finally:
         service.stop(grace_s=0)
     if service.failed.is_set():
@@ -283,21 +279,26 @@ def serve_ui(settings: Settings, port: int, app_id: str) -> int:
     return 0
 
 
-def serve_app_page(
-    app_port: int, port: int, describe: str, serve: ServeSettings, failed: threading.Event | None = None
+def serve_app_page(app_port: int, port: int, describe: str, serve: ServeSettings) -> None:
+    """`classifier demo --ui`: the page over the gRPC app on `app_port`, until SIGINT or SIGTERM."""
+    _run_over_app(_bind(port, PageConfig("/api", describe), serve), app_port, describe)
+
+
+def _run_over_app(
+    server: UiServer, app_port: int, describe: str, failed: threading.Event | None = None
 ) -> None:
-    """The page over the gRPC app on `app_port`, until SIGINT or SIGTERM (or `failed` is set)."""
-    app = AppChannel(app_port)
+    server.app = AppChannel(app_port)
     try:
-        server = _bind(port, PageConfig("/api", describe), app, serve)
         _run(server, f"classifier ui: {server.url} (calls {describe}; Ctrl-C stops)", failed)
     finally:
-        app.close()
+        server.app.close()
 
 
-def _bind(port: int, config: PageConfig, app: AppChannel | None, serve: ServeSettings) -> UiServer:
+def _bind(port: int, config: PageConfig, serve: ServeSettings) -> UiServer:
+    if not 0 <= port <= 65535:
+        raise ClassifierError(ErrorKind.INVALID_ARGUMENT, f"--port {port}: must be a port number (0-65535)")
     try:
-        return UiServer(port, config, app, serve.max_message_bytes)
+        return UiServer(port, config, serve.max_message_bytes)
     except OSError as exc:
         raise ClassifierError(
             ErrorKind.UNAVAILABLE,

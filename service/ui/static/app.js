@@ -56,6 +56,15 @@ function unreachableText(error) {
   return `Could not reach classifier ui at ${location.origin} (${error.message}): is it still running?`;
 }
 
+const RETRY_MS = 1000;
+
+// The service is starting, waiting for a model, or (through daprd) not healthy yet: it will be.
+function notReadyYet(answer) {
+  const body = answer.body || {};
+  return answer.status === 503 || (body.errorCode === "ERR_DIRECT_INVOKE" && /healthy/.test(body.message || ""));
+}
+
+// Fills the model list; "retry" while the service is not ready yet, else whether it has models.
 async function loadModels() {
   const select = byId("model");
   let answer;
@@ -66,6 +75,10 @@ async function loadModels() {
     return false;
   }
   if (!answer.ok) {
+    if (notReadyYet(answer)) {
+      showStatus(`The service is not ready yet: ${errorText(answer).text}. Trying again…`, true);
+      return "retry";
+    }
     showStatus(`The models could not be listed: ${errorText(answer).text}`, true);
     return false;
   }
@@ -241,7 +254,9 @@ async function start() {
     return;
   }
   byId("served-by").textContent = `Classifying with ${page.servedBy}.`;
-  await loadModels();
+  while ((await loadModels()) === "retry") {
+    await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+  }
   document.body.dataset.ready = "true";
 }
 

@@ -42,7 +42,6 @@ from ..errors import ClassifierError, ErrorKind
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-DEFAULT_PORT = 8080
 CALL_TIMEOUT_S = 60.0
 STATIC_FILES = {  # path -> (file in static/, content type)
     "/": ("index.html", "text/html; charset=utf-8"),

@@ -108,7 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("images", nargs="+", type=Path)
     demo.add_argument("--model", required=True)
     demo.add_argument("--top-k", type=int, default=3)
+    demo.add_argument("--ui", action="store_true", help="then serve the page of `classifier ui` over it")
+    demo.add_argument("--ui-port", type=int, default=8080, help="the page's port with --ui (default 8080)")
     demo.set_defaults(handler=_demo)
+
+    ui = commands.add_parser(
+        "ui",
+        help="a page to try the classifier in a browser, through the sidecar or the local store",
+        parents=[with_store],
+    )
+    ui.add_argument("--port", type=int, default=8080, help="default 8080; 0: a free port")
+    ui.add_argument("--app-id", default="image-classifier", help="the app the page calls through the sidecar")
+    ui.set_defaults(handler=_ui)
 
     invoke = commands.add_parser("invoke", help="classify images through the sidecar (service invocation)")
     invoke.add_argument("images", nargs="+", type=Path)
@@ -315,7 +326,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from .demo import run_demo
 
-    return run_demo(settings, args.images, args.model, args.top_k)
+    return run_demo(settings, args.images, args.model, args.top_k, ui_port=args.ui_port if args.ui else None)
+
+
+def _ui(args: argparse.Namespace, settings: Settings) -> int:
+    from .ui.server import serve_ui
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve_ui(settings, args.port, args.app_id)
 
 
 def _invoke(args: argparse.Namespace, settings: Settings) -> int:

@@ -24,7 +24,7 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 from google.protobuf import any_pb2, empty_pb2
 
-from .config import Settings
+from .config import ServeSettings, Settings
 
 START_TIMEOUT_S = 60.0
 
@@ -68,7 +68,9 @@ def invoke_request(image: bytes, model: str, top_k: int) -> common_pb2.InvokeReq
     )
 
 
-def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> int:
+def run_demo(
+    settings: Settings, images: list[Path], model: str, top_k: int, ui_port: int | None = None
+) -> int:
     server, port = start_serve(
         {"CLASSIFIER_STORE": str(settings.store_dir), "CLASSIFIER_MODELS": model},
         stderr=subprocess.PIPE,
@@ -89,6 +91,11 @@ def run_demo(settings: Settings, images: list[Path], model: str, top_k: int) -> 
                 except grpc.RpcError as exc:
                     failed += 1
                     print(f"{image}: {exc.code().name} {exc.details()}")
+            if ui_port is not None:  # the page over the same serve, until Ctrl-C
+                from .ui.server import serve_app_page
+
+                describe = f"classifier serve (pid {server.pid}) through OnInvoke, as daprd would call it"
+                serve_app_page(port, ui_port, describe, ServeSettings.from_env())
     except RuntimeError as exc:
         print(f"classifier demo: {exc}", file=sys.stderr)
         server_failed = True

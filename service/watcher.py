@@ -28,8 +28,9 @@ class Watcher:
         self._lock = threading.Lock()  # one refresh at a time
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="store-watcher", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="store-watcher", daemon=True)
+        thread.start()
+        self._thread = thread  # only once started: stop() may come from another thread meanwhile
 
     def stop(self) -> None:
         self._stop.set()

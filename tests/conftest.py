@@ -82,7 +82,8 @@ def classifier(model_store: LocalStore) -> Classifier:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build daprd and the CLI (and install redis-server) before the first real-Dapr test, once.
+    """Build daprd and the CLI (and install redis-server) before the first real-Dapr test, and
+    install chromium before the first browser test, once.
 
     A warm cache makes this a no-op; a cold one builds from the Go module proxy (a few minutes).
     """
@@ -94,3 +95,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             install()
         except InstallError as exc:
             pytest.exit(f"the real Dapr runtime could not be installed: {exc}", returncode=3)
+    if any(item.get_closest_marker("browser") for item in session.items):
+        # Debian's chromium for the UI tests (Playwright's own download does not work here).
+        sys.path.insert(0, str(ROOT))
+        from tools.browser import InstallError as BrowserInstallError
+        from tools.browser import install as install_browser
+
+        try:
+            install_browser()
+        except BrowserInstallError as exc:
+            pytest.exit(f"the browser for the UI tests could not be installed: {exc}", returncode=3)

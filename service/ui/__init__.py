@@ -1,0 +1,1 @@
+"""`classifier ui`: a page to try the classifier in a browser (server.py, and the page in static/)."""

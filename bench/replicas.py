@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
+import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -95,6 +96,13 @@ class Caller:
         self.daprd = daprd
         self.image = BIRD_JPG.read_bytes()
         self._local = threading.local()
+        self.errors: Counter[str] = Counter()  # what failed attempts got, shortened
+        self._lock = threading.Lock()
+
+    def _failed(self, what: str) -> bool:
+        with self._lock:
+            self.errors[re.sub(r"\d+", "N", what)[:160]] += 1
+        return False
 
     def call_once(self) -> bool:
         connection = getattr(self._local, "connection", None)
@@ -111,11 +119,13 @@ class Caller:
             )
             answer = connection.getresponse()
             body = answer.read()
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException) as exc:
             connection.close()
             self._local.connection = None
-            return False
-        return answer.status == 200 and json.loads(body)["predictions"][0]["label"] == EXPECTED_TOP1
+            return self._failed(type(exc).__name__)
+        if answer.status != 200:
+            return self._failed(f"{answer.status} {body.decode(errors='replace')}")
+        return json.loads(body)["predictions"][0]["label"] == EXPECTED_TOP1 or self._failed("wrong top-1")
 
     def call(self) -> tuple[float, int]:
         """(seconds, failed attempts before the one that succeeded, or ATTEMPTS if none did)."""
@@ -205,10 +215,17 @@ def run(
         with harness.sidecar_env(caller_daprd), DaprClient() as client:
             labels = (BIRDS / "labels.txt").read_text().splitlines()
             DaprStore(client, work / "uploader").put("birds", (BIRDS / "model.tflite").read_bytes(), labels)
-        harness.wait_for(
-            lambda: len(results(redis)[0]) >= events, 600, "every backlog event answered", interval=0.2
-        )
+        timeline: list[tuple[float, int]] = []  # (seconds since the upload, results so far) at each change
+
+        def drained() -> bool:
+            done = len(results(redis)[0])
+            if not timeline or timeline[-1][1] != done:
+                timeline.append((round(time.monotonic() - started, 1), done))
+            return done >= events
+
+        harness.wait_for(drained, 600, "every backlog event answered", interval=0.2)
         drain_s = time.monotonic() - started
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(timeline[1:])]
         seen, wrong = results(redis)
         out["backlog"] = {
             "events": events,
@@ -217,6 +234,8 @@ def run(
             "lost": events - len(seen),
             "duplicates": sum(n - 1 for n in seen.values()),
             "wrong_top1": wrong,
+            "first_result_s": timeline[1][0] if len(timeline) > 1 else None,
+            "longest_gap_s": round(max(gaps, default=0.0), 1),  # without a new result: a stall shows here
             "per_replica": [
                 int(metric(d, "dapr_component_pubsub_ingress_count", topic="images")) for d, _ in s.replicas
             ],
@@ -261,6 +280,7 @@ def rollout(
                 outcomes.append(failed)
 
     stream_ids = [f"rollout-{i}" for i in range(int(seconds * 10))]
+    caller.errors.clear()
     publisher = threading.Thread(target=publish, args=(caller_daprd, stream_ids, body, 0.1))
     loaders = [threading.Thread(target=load) for _ in range(2)]
     for thread in [publisher, *loaders]:
@@ -292,6 +312,7 @@ def rollout(
         "events_lost": sum(seen[i] == 0 for i in stream_ids),
         "events_duplicated": sum(max(0, seen[i] - 1) for i in stream_ids),
         "exit_codes_app_daprd": exit_codes,
+        "errors": dict(caller.errors),
     }
 
 
@@ -338,12 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs = []
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="bench-replicas-") as work:
-        for n in counts:
-            runs.append(
-                run(n, Path(work) / f"n{n}", events=events, requests=requests, clients=2, rollout_s=rollout_s)
-            )
-            print(f"N={n}: {json.dumps(runs[-1])}", flush=True)
+    # The stacks' logs (daprd, serve) stay in OUT/replicas-work until the next run.
+    work = args.out / "replicas-work"
+    shutil.rmtree(work, ignore_errors=True)
+    for n in counts:
+        runs.append(run(n, work / f"n{n}", events=events, requests=requests, clients=2, rollout_s=rollout_s))
+        print(f"N={n}: {json.dumps(runs[-1])}", flush=True)
     report = {"smoke": args.smoke, "cores": os.cpu_count(), "load_at_start": load, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "replicas.json").write_text(json.dumps(report, indent=2))

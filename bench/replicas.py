@@ -1,6 +1,6 @@
 """Replicas on one machine behind real daprds: what docs/deploy.md sizes a cluster from.
 
-    python -m bench.replicas          # N = 1, 2, 3: ~6 min; a table on stdout, bench/out/replicas.json
+    python -m bench.replicas          # N = 1, 2, 3: ~5 min; a table on stdout, bench/out/replicas.json
     python -m bench.replicas --smoke  # CI: N = 1, 2 with a few requests and events; judges nothing
 
 For each N, one Redis, N pairs of daprd + `classifier serve` (one app id, one worker each, the

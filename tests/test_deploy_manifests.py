@@ -177,6 +177,7 @@ def test_autoscaling_targets_the_topic_and_group_daprd_uses(
     scaled = [d for d in documents if d["kind"] == "ScaledObject"]
     # One autoscaler per Deployment: KEDA makes its own HPA, and two would fight.
     assert len(hpas) + len(scaled) == 1
+    assert "replicas" not in deployment["spec"]  # the autoscaler's to set, not every apply's
     for hpa in hpas:
         assert hpa["spec"]["scaleTargetRef"] == {
             "apiVersion": "apps/v1",

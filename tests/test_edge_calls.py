@@ -8,38 +8,83 @@ the test process, so mutation testing (tools/mutation.py) sees what they cover.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import appcallback_pb2
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.wrappers_pb2 import StringValue
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from service.edge.calls import ERROR_DOMAIN, STATUS_OF, TOKEN_METHODS, EdgeInterceptor, current_call
+from service.edge.calls import (
+    ERROR_DOMAIN,
+    STATUS_OF,
+    TOKEN_METHODS,
+    EdgeInterceptor,
+    current_call,
+    error_reason,
+)
 from service.errors import ClassifierError, ErrorKind
 
 SERVICE = "dapr.proto.runtime.v1.AppCallback"
 TOKEN = "s3cret-token"
 
 
-def behaviour(request: bytes, _context: grpc.ServicerContext) -> bytes:
-    """The handler behind the interceptor: what the request names."""
-    if request.startswith(b"raise:"):
-        raise ClassifierError(ErrorKind(request[6:].decode()), f"it failed: {request[6:].decode()}")
-    if request == b"bug":
-        raise RuntimeError("a bug")
-    if request == b"unknown":
-        raise NotImplementedError
+def answer(method: str, context: grpc.ServicerContext) -> StringValue:
+    """What the handler saw: the call's facts (from the interceptor) and its context (passed through)."""
     call = current_call()
-    return json.dumps({"method": call.method, "remaining": call.time_remaining()}).encode()
+    facts = {"method": call.method, "querystring": call.querystring, "remaining": call.time_remaining()}
+    return StringValue(value=json.dumps({**facts, "peer": context.peer().split(":")[0], "named": method}))
+
+
+def on_invoke(request: common_pb2.InvokeRequest, context: grpc.ServicerContext) -> StringValue:
+    """OnInvoke behind the interceptor: the request's method names what to do."""
+    if request.method.startswith("raise:"):
+        kind = request.method[6:]
+        raise ClassifierError(ErrorKind(kind), f"it failed: {kind}")
+    if request.method == "bug":
+        raise RuntimeError("a bug")
+    if request.method == "unknown":
+        raise NotImplementedError  # what the SDK raises for a method no handler has
+    return answer(request.method, context)
+
+
+def on_topic_event(request: appcallback_pb2.TopicEventRequest, context: grpc.ServicerContext) -> StringValue:
+    if request.topic == "unknown":
+        raise NotImplementedError
+    return answer(request.topic, context)
+
+
+def subscriptions(_request: Empty, context: grpc.ServicerContext) -> Iterator[StringValue]:
+    """A streaming method: the interceptor passes it through untouched."""
+    yield answer("first", context)
+    yield StringValue(value="second")
 
 
 def methods() -> grpc.GenericRpcHandler:
+    def unary(function: Any, request_type: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            function,
+            request_deserializer=request_type.FromString,
+            response_serializer=StringValue.SerializeToString,
+        )
+
     handlers = {
-        name: grpc.unary_unary_rpc_method_handler(behaviour)
-        for name in ("OnInvoke", "OnTopicEvent", "HealthCheck", "ListTopicSubscriptions")
+        "OnInvoke": unary(on_invoke, common_pb2.InvokeRequest),
+        "OnTopicEvent": unary(on_topic_event, appcallback_pb2.TopicEventRequest),
+        "HealthCheck": unary(lambda _r, c: answer("health", c), Empty),
+        "ListTopicSubscriptions": unary(lambda _r, c: answer("subscriptions", c), Empty),
+        "Stream": grpc.unary_stream_rpc_method_handler(
+            subscriptions,
+            request_deserializer=Empty.FromString,
+            response_serializer=StringValue.SerializeToString,
+        ),
     }
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
@@ -61,16 +106,49 @@ def app(request: pytest.FixtureRequest) -> Iterator[tuple[grpc.Channel, str | No
     server.stop(None)
 
 
-def call(channel: grpc.Channel, method: str, body: bytes, token: str | None = TOKEN, **kwargs: Any) -> bytes:
+REQUESTS: dict[str, Any] = {
+    "OnInvoke": common_pb2.InvokeRequest,
+    "OnTopicEvent": appcallback_pb2.TopicEventRequest,
+    "HealthCheck": Empty,
+    "ListTopicSubscriptions": Empty,
+}
+
+
+def call(
+    channel: grpc.Channel, method: str, name: str = "", token: str | None = TOKEN, **kwargs: Any
+) -> dict[str, Any]:
+    """Call `method` with a request naming `name` (OnInvoke's method, OnTopicEvent's topic); what the
+    handler saw."""
     metadata = [("dapr-api-token", token)] if token is not None else []
-    stub = channel.unary_unary(f"/{SERVICE}/{method}")
-    return stub(body, metadata=metadata, timeout=kwargs.get("timeout", 10))
+    request_type = REQUESTS[method]
+    if method == "OnInvoke":
+        request = request_type(
+            method=name, http_extension=common_pb2.HTTPExtension(querystring=kwargs.get("query", ""))
+        )
+    elif method == "OnTopicEvent":
+        request = request_type(topic=name)
+    else:
+        request = request_type()
+    stub = channel.unary_unary(
+        f"/{SERVICE}/{method}",
+        request_serializer=request_type.SerializeToString,
+        response_deserializer=StringValue.FromString,
+    )
+    return json.loads(stub(request, metadata=metadata, timeout=kwargs.get("timeout", 10)).value)
 
 
-def failure(channel: grpc.Channel, method: str, body: bytes, token: str | None = TOKEN) -> grpc.RpcError:
+def failure(channel: grpc.Channel, method: str, name: str = "", token: str | None = TOKEN) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as error:
-        call(channel, method, body, token)
+        call(channel, method, name, token)
     return error.value
+
+
+def reason_of(error: grpc.RpcError) -> tuple[str, str]:
+    status = rpc_status.from_call(error)
+    assert status is not None and len(status.details) == 1
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info.reason, info.domain
 
 
 def test_token_methods_are_what_daprd_sends_the_token_on() -> None:
@@ -85,11 +163,12 @@ def test_a_missing_or_wrong_token_is_unauthenticated(
 ) -> None:
     channel, token = app
     if token is None:  # no APP_API_TOKEN: nothing is checked
-        assert json.loads(call(channel, method, b"", sent))["method"] == method
+        assert call(channel, method, "ok", sent)["method"] == method
         return
-    error = failure(channel, method, b"", sent)
+    error = failure(channel, method, "ok", sent)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.details() == "missing or wrong dapr-api-token (APP_API_TOKEN of daprd and the app differ)"
+    assert reason_of(error) == ("UNAUTHENTICATED", ERROR_DOMAIN)
 
 
 @pytest.mark.parametrize("method", ["HealthCheck", "ListTopicSubscriptions"])
@@ -97,12 +176,40 @@ def test_calls_daprd_makes_without_a_token_need_none(
     app: tuple[grpc.Channel, str | None], method: str
 ) -> None:
     channel, _ = app
-    assert json.loads(call(channel, method, b"", None))["method"] == method
+    assert call(channel, method, token=None)["method"] == method
 
 
-def test_the_right_token_passes(app: tuple[grpc.Channel, str | None]) -> None:
+def test_the_right_token_passes_and_the_handler_gets_the_request_and_its_context(
+    app: tuple[grpc.Channel, str | None],
+) -> None:
     channel, _ = app
-    assert json.loads(call(channel, "OnInvoke", b""))["method"] == "OnInvoke"
+    seen = call(channel, "OnInvoke", "classify", query="model=birds&top_k=3")
+    assert seen == {
+        "method": "OnInvoke",
+        "querystring": "model=birds&top_k=3",  # the HTTP caller's query string, from http_extension
+        "remaining": pytest.approx(10, abs=1.5),
+        "peer": "ipv4",  # the call's own context reached the handler
+        "named": "classify",  # the request, deserialized
+    }
+    assert call(channel, "OnTopicEvent", "images")["querystring"] == ""  # an event has none
+
+
+def test_streaming_methods_pass_through(app: tuple[grpc.Channel, str | None]) -> None:
+    channel, _ = app
+    stub = channel.unary_stream(
+        f"/{SERVICE}/Stream",
+        request_serializer=Empty.SerializeToString,
+        response_deserializer=StringValue.FromString,
+    )
+    first, second = list(stub(Empty(), timeout=10))
+    assert json.loads(first.value)["named"] == "first" and second.value == "second"
+
+
+def test_an_unknown_rpc_is_unimplemented(app: tuple[grpc.Channel, str | None]) -> None:
+    channel, _ = app
+    with pytest.raises(grpc.RpcError) as error:
+        channel.unary_unary(f"/{SERVICE}/OnNothing")(b"", timeout=10)
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.parametrize("kind", list(ErrorKind), ids=lambda k: k.value)
@@ -110,13 +217,13 @@ def test_each_error_kind_is_its_status_with_error_info(
     app: tuple[grpc.Channel, str | None], kind: ErrorKind
 ) -> None:
     channel, _ = app
-    error = failure(channel, "OnInvoke", f"raise:{kind.value}".encode())
+    error = failure(channel, "OnInvoke", f"raise:{kind.value}")
     assert error.code() == STATUS_OF[kind] and error.details() == f"it failed: {kind.value}"
-    status = rpc_status.from_call(error)
-    assert status is not None and len(status.details) == 1
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    assert (info.reason, info.domain) == (kind.value.upper(), ERROR_DOMAIN)
+    assert reason_of(error) == (kind.value.upper(), ERROR_DOMAIN)
+
+
+def test_error_reasons_of_kinds_and_of_plain_codes() -> None:
+    assert error_reason(ErrorKind.NOT_FOUND) == "NOT_FOUND" and error_reason("guest_failed") == "GUEST_FAILED"
 
 
 def test_the_status_codes_are_the_ones_daprd_maps_to_http() -> None:
@@ -131,27 +238,34 @@ def test_the_status_codes_are_the_ones_daprd_maps_to_http() -> None:
     }
 
 
-def test_an_unexpected_exception_is_internal_with_its_message(app: tuple[grpc.Channel, str | None]) -> None:
+def test_an_unexpected_exception_is_internal_and_logged_with_its_traceback(
+    app: tuple[grpc.Channel, str | None], caplog: pytest.LogCaptureFixture
+) -> None:
     channel, _ = app
-    error = failure(channel, "OnInvoke", b"bug")
+    with caplog.at_level(logging.ERROR, logger="service.edge.calls"):
+        error = failure(channel, "OnInvoke", "bug")
     assert (error.code(), error.details()) == (grpc.StatusCode.INTERNAL, "internal error: a bug")
-    assert "a bug" in error.details()
+    assert reason_of(error) == ("INTERNAL", ERROR_DOMAIN)
+    [record] = [r for r in caplog.records if r.name == "service.edge.calls"]
+    assert record.getMessage() == "OnInvoke failed" and record.exc_info is not None  # a bug: its traceback
 
 
 def test_an_unknown_invoke_method_is_unimplemented_and_named(app: tuple[grpc.Channel, str | None]) -> None:
     channel, _ = app
-    error = failure(channel, "OnInvoke", b"unknown")
+    error = failure(channel, "OnInvoke", "unknown")
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert error.details() == "unknown method '': the methods are classify and models"
-    assert failure(channel, "OnTopicEvent", b"unknown").code() == grpc.StatusCode.UNKNOWN  # the SDK's own
+    assert error.details() == "unknown method 'unknown': the methods are classify and models"
+    assert reason_of(error) == ("UNIMPLEMENTED", ERROR_DOMAIN)
+    # an unknown topic keeps the SDK's own status, which daprd drops the event on
+    assert failure(channel, "OnTopicEvent", "unknown").code() == grpc.StatusCode.UNKNOWN
 
 
-def test_the_handler_sees_the_callers_deadline(app: tuple[grpc.Channel, str | None]) -> None:
+def test_the_handler_sees_the_callers_deadline_or_none(app: tuple[grpc.Channel, str | None]) -> None:
     channel, _ = app
-    remaining = json.loads(call(channel, "OnInvoke", b"", timeout=30))["remaining"]
+    remaining = call(channel, "OnInvoke", "ok", timeout=30)["remaining"]
     assert 25 < remaining < 31  # the deadline travels rounded up to grpc-timeout units
     # grpc-python reports "no deadline" as a huge remaining time: that is no deadline
-    assert json.loads(call(channel, "OnInvoke", b"", timeout=None))["remaining"] is None
+    assert call(channel, "OnInvoke", "ok", timeout=None)["remaining"] is None
 
 
 def test_outside_a_call_there_is_no_call() -> None:

@@ -238,8 +238,8 @@ def test_classify_with_a_stored_guest_by_name(capfd, store: Path, test_guests) -
     put_birds(capfd, store)
     code, _, err = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic")
     assert code == 1 and err == (
-        "classifier: --guest 'logic' (no .wasm suffix: a stored guest's name): guest 'logic' not found in "
-        f"{store}; store it with `classifier guests put logic FILE.wasm`, or give a path ending in .wasm\n"
+        "classifier: --guest: guest 'logic' is neither stored (`classifier guests put logic FILE.wasm`) "
+        "nor shipped (classify, describe, mnist); a file's path ends in .wasm\n"
     )
     guest = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
     assert run(capfd, "--store", store, "guests", "put", "logic", guest)[0] == 0

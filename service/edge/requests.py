@@ -178,10 +178,7 @@ def decode_gateway_event(event: dict[str, Any], fetcher: ImageFetcher) -> Classi
     inner = event["body"]
     if not isinstance(inner, str):
         raise invalid_argument("the API-gateway event's body must be a string")
-    if event.get("isBase64Encoded") is True:
-        data = _base64_image(inner)
-    else:
-        data = inner.encode("utf-8")
+    data = _base64_image(inner) if event.get("isBase64Encoded") is True else inner.encode("utf-8")
     if data.lstrip()[:1] == b"{":
         return decode_json(data, fetcher, envelope_allowed=False)
     query = event.get("queryStringParameters") or event.get("queryString") or {}

@@ -229,7 +229,7 @@ def test_classify_with_a_missing_guest_file_is_one_line(capfd, store: Path) -> N
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == (
         "classifier: --guest: the guest /nonexistent.wasm: No such file or directory; "
-        "give an existing .wasm file, or a stored guest's name"
+        "give an existing .wasm file, or a stored or shipped guest's name"
     )
     assert "Traceback" not in result.stderr
 

@@ -210,7 +210,7 @@ def _model_guest(args: argparse.Namespace, store: Store) -> tuple[str | None, tu
 def _guest_note(manifest: ModelManifest) -> str:
     if manifest.guest is None:
         return "the service's guest"
-    template = f" --guest-args {shlex.quote(shlex.join(manifest.guest_args))}" if manifest.guest_args else ""
+    template = f" (args {shlex.join(manifest.guest_args)})" if manifest.guest_args is not None else ""
     return f"guest {manifest.guest}{template}"
 
 

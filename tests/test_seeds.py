@@ -287,3 +287,22 @@ def test_a_model_naming_a_missing_guest_fails_clearly(
         "model 'orphan' version 1 names guest 'nosuch': guest 'nosuch'"
     )
     assert classify(daprd, scf_body(black_on_white(1), model="digits"))["result"] == 1  # still serving
+
+
+def test_the_readme_mapping_answers_as_shown(service: ServiceProcess, daprd: FakeDaprd) -> None:
+    """README "Coming from WasmEdge, SCF or YoMo": each row's answer, as the table shows it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## Coming from WasmEdge, SCF or YoMo\n", 1)[1].split("\n\n", 2)[1]
+    scf = classify(daprd, gateway_event(json.dumps(scf_body(black_on_white(7), model="digits"))))
+    assert '`{"model": "digits", "version": 1, "result": 7, "predictions": [...], ...}`' in table
+    assert (scf["model"], scf["version"], scf["result"]) == ("digits", 1, 7)
+    food = (IMAGES / "classify" / "food_dapr.jpg").read_bytes()
+    result = daprd.invoke(
+        "classify", food, content_type="application/octet-stream", querystring="model=mobilenet"
+    )
+    described = json.loads(result.data)
+    shown = (
+        '{"result": 935, "sentence": "It is very likely a hotdog in the picture", "predictions": [...], ...}'
+    )
+    assert f"`{shown}`" in table
+    assert (described["result"], described["sentence"]) == (935, "It is very likely a hotdog in the picture")

@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 from .config import ServeSettings, Settings
 from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
 from .guest_args import parse_template
+from .guest_source import GuestSource, is_path, resolve_guest
 from .inference.backend import Encoding, Target, backend_for, load_graph
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
-from .stores.base import GuestManifest, ModelManifest, Progress, Store, StoredGuest, check_name
+from .stores.base import GuestManifest, ModelManifest, Progress, Store, check_model_guest
 from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
 
@@ -68,7 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("name")
     put.add_argument("model", type=Path, help="a .tflite file")
     put.add_argument("--labels", type=Path, help="one label per line (default: the model's metadata)")
+    _model_guest_options(put, "(default: the service's guest)")
     put.set_defaults(handler=_models_put)
+    set_guest = model_commands.add_parser(
+        "set-guest",
+        help="store a new version of a model (the same bytes and labels) with another guest",
+        parents=[with_store],
+    )
+    set_guest.add_argument("name")
+    _model_guest_options(set_guest, "(none: the service's guest)", positional=True)
+    set_guest.set_defaults(handler=_models_set_guest)
     listing = model_commands.add_parser("list", help="list models", parents=[with_store])
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_models_list)
@@ -184,6 +194,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_guest_options(parser: argparse.ArgumentParser, default: str, positional: bool = False) -> None:
+    """`models put --guest NAME` and `models set-guest MODEL [NAME]`: the model's own guest."""
+    what = "the guest that runs this model's requests: a stored guest's name or a shipped one's " + default
+    if positional:
+        parser.add_argument("guest", nargs="?", metavar="GUEST", help=what)
+    else:
+        parser.add_argument("--guest", metavar="NAME", help=what)
+    parser.add_argument(
+        "--guest-args",
+        metavar="TEMPLATE",
+        help="the guest is command-style (written for WasmEdge): its args, e.g. '{model_path} {image_path}' "
+        "(default: a stored guest's own)",
+    )
+
+
+def _model_guest(args: argparse.Namespace, store: Store) -> tuple[str | None, tuple[str, ...] | None]:
+    """The guest and args template a model is to name, checked: it resolves now."""
+    template = parse_template(args.guest_args) if args.guest_args is not None else None
+    check_model_guest(args.guest, template)
+    if args.guest is not None:
+        resolve_guest(args.guest, store)
+    return args.guest, template
+
+
+def _guest_note(manifest: ModelManifest) -> str:
+    if manifest.guest is None:
+        return "the service's guest"
+    template = f" (args {shlex.join(manifest.guest_args)})" if manifest.guest_args is not None else ""
+    return f"guest {manifest.guest}{template}"
+
+
 def _store(settings: Settings) -> Store:
     """The Dapr state store when a sidecar is configured (DAPR_GRPC_PORT), else the local one."""
     from .edge.app import connect_store  # the Dapr SDK loads only when it is needed
@@ -247,15 +288,38 @@ def _announce(kind: str, name: str, version: int) -> None:
 def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     model = _read(args.model)
     labels = parse_labels(_read(args.labels).decode("utf-8")) if args.labels else None
-    manifest = _store(settings).put(args.name, model, labels, progress=_progress(f"uploading {args.name}"))
+    store = _store(settings)
+    guest, template = _model_guest(args, store)
+    manifest = store.put(
+        args.name,
+        model,
+        labels,
+        progress=_progress(f"uploading {args.name}"),
+        guest=guest,
+        guest_args=template,
+    )
     if manifest.unchanged:
-        print(f"{manifest.name} version {manifest.version} is already stored (same sha256 and labels)")
+        same = "sha256, labels and guest" if manifest.guest else "sha256 and labels"
+        print(f"{manifest.name} version {manifest.version} is already stored (same {same})")
         return 0
     source = "labels file" if args.labels else ("model metadata" if manifest.has_labels else "no labels")
     print(
         f"stored {manifest.name} version {manifest.version} "
-        f"({manifest.size} bytes, {manifest.num_classes} classes, {source})"
+        f"({manifest.size} bytes, {manifest.num_classes} classes, {source}"
+        f"{', ' + _guest_note(manifest) if manifest.guest else ''})"
     )
+    _announce("model", manifest.name, manifest.version)
+    return 0
+
+
+def _models_set_guest(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    guest, template = _model_guest(args, store)
+    manifest = store.set_guest(args.name, guest, template)
+    if manifest.unchanged:
+        print(f"{manifest.name} version {manifest.version} already runs {_guest_note(manifest)}")
+        return 0
+    print(f"stored {manifest.name} version {manifest.version}: {_guest_note(manifest)}")
     _announce("model", manifest.name, manifest.version)
     return 0
 
@@ -274,7 +338,10 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
     def line(m: ModelManifest) -> str:
         tensor = m.spec.inputs[0]
         shape = "x".join(str(d) for d in tensor.shape)
-        return f"{m.name}\tv{m.version}\t{tensor.dtype} {shape}\t{m.num_classes} classes\t{m.sha256[:12]}"
+        return (
+            f"{m.name}\tv{m.version}\t{tensor.dtype} {shape}\t{m.num_classes} classes\t{m.sha256[:12]}"
+            f"\t{_guest_note(m)}"
+        )
 
     return _print_manifests(_store(settings).list_models(), args.json, line)
 
@@ -437,26 +504,19 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     guest_wasm = None
     if args.guest_args is not None:
         settings = replace(settings, guest_args=parse_template(args.guest_args))
-    if args.guest and args.guest.endswith(".wasm"):
-        settings = replace(settings, guest=Path(args.guest))
-    elif args.guest:  # as CLASSIFIER_GUEST: a name without .wasm is a guest in the store
-        stored = _stored_guest(settings, args.guest)
-        if args.guest_args is not None:
+    if args.guest:  # a .wasm file, or a stored or shipped guest's name, as CLASSIFIER_GUEST
+        source = _named_guest(settings, args.guest)
+        if source.origin == "stored" and args.guest_args is not None:
             raise invalid_argument(
                 f"--guest-args: the stored guest {args.guest!r} keeps its args in the store "
                 "(`classifier guests put NAME FILE.wasm --args TEMPLATE`); give --guest-args "
-                "only with a .wasm file"
+                "only with a .wasm file or a shipped guest"
             )
-        settings = replace(settings, guest_args=stored.manifest.args)
-        guest_wasm = stored.wasm
-    try:
-        classifier = Classifier(settings, guest_wasm=guest_wasm)
-    except ClassifierError as exc:
-        if settings.guest is None:
-            raise
-        raise ClassifierError(
-            exc.kind, f"--guest: {exc.message}; give an existing .wasm file, or a stored guest's name"
-        ) from exc
+        if source.origin == "stored":
+            settings = replace(settings, guest_args=source.args)
+        guest_wasm = source.wasm
+    # --guest runs every image, whatever guest the model names.
+    classifier = Classifier(settings, guest_wasm=guest_wasm, guest_overrides_models=bool(args.guest))
     failed = 0
     try:
         try:
@@ -490,18 +550,18 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def _stored_guest(settings: Settings, name: str) -> StoredGuest:
-    """A guest stored with `guests put` in the local store (`classify` reads models there too)."""
+def _named_guest(settings: Settings, reference: str) -> GuestSource:
+    """--guest: a .wasm file, or a guest stored with `guests put` in the local store (`classify`
+    reads models there too), or a shipped one."""
     from .stores.local import LocalStore
 
     try:
-        return LocalStore(settings.store_dir).get_guest(check_name(name))
+        return resolve_guest(reference, LocalStore(settings.store_dir))
     except ClassifierError as exc:
-        raise ClassifierError(
-            exc.kind,
-            f"--guest {name!r} (no .wasm suffix: a stored guest's name): {exc.message}; "
-            f"store it with `classifier guests put {name} FILE.wasm`, or give a path ending in .wasm",
-        ) from exc
+        hint = (
+            "; give an existing .wasm file, or a stored or shipped guest's name" if is_path(reference) else ""
+        )
+        raise ClassifierError(exc.kind, f"--guest: {exc.message}{hint}") from exc
 
 
 def _summary(response: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ from . import default_guest, guest_args
 from .config import Settings
 from .default_guest import MODEL_DIR_IN_GUEST, Exit
 from .errors import ClassifierError, ErrorKind, invalid_argument
+from .guest_source import ModelGuests
 from .imaging import image_extension
 from .inference.cache import GraphCache
 from .registry import LoadedModel, ModelRegistry
@@ -102,7 +103,12 @@ class Classifier:
     """Classifies images through the business-logic guest. Thread-safe."""
 
     def __init__(
-        self, settings: Settings, store: Store | None = None, guest_wasm: bytes | None = None
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        guest_wasm: bytes | None = None,
+        *,
+        guest_overrides_models: bool = False,
     ) -> None:
         self.settings = settings
         self.store: Store = store or LocalStore(settings.store_dir)
@@ -122,6 +128,10 @@ class Classifier:
         if guest_wasm is None:
             guest_wasm = default_guest.guest_bytes()
         self.business = BusinessGuest(self.host.load_guest(guest_wasm, "classify"), settings.guest_args)
+        # A model may name its own guest (`models put --guest`), which runs its requests instead
+        # of this one, unless this one was chosen for the run (`classify --guest`).
+        self.model_guests = ModelGuests(self.host, self.store)
+        self.guest_overrides_models = guest_overrides_models
 
     @property
     def guest(self) -> Guest:
@@ -196,6 +206,7 @@ class Classifier:
             business = self.business  # one guest for the whole request, even if it is replaced meanwhile
             loaded, call = self._admit(image, model, top_k, timeout_s)
             outcome.model, outcome.version = loaded.name, loaded.version
+            business = self._business_for(loaded, business)
             stages.end("admit")
             if business.args_template is None:
                 result = self.run_default_guest(business.guest, loaded, image, top_k, call)
@@ -237,6 +248,21 @@ class Classifier:
             limits=limits, named_graphs={loaded.name: loaded.graph}, graph_cache=self.graph_cache
         )
         return loaded, call
+
+    def _business_for(self, loaded: LoadedModel, service_guest: BusinessGuest) -> BusinessGuest:
+        """The guest of the model's version if it names one, else the service's."""
+        manifest = loaded.stored.manifest
+        if manifest.guest is None or self.guest_overrides_models:
+            return service_guest
+        try:
+            guest, stored_args = self.model_guests.get(manifest.guest)
+        except ClassifierError as exc:
+            raise ClassifierError(
+                exc.kind,
+                f"model {loaded.name!r} version {loaded.version} names guest {manifest.guest!r}: "
+                f"{exc.message}",
+            ) from exc
+        return BusinessGuest(guest, manifest.guest_args if manifest.guest_args is not None else stored_args)
 
     def run_default_guest(
         self,

@@ -43,6 +43,8 @@ class ModelStatus:
     error: str | None = None  # why the latest version could not be activated
     failed_version: int = 0
     loaded_at: float = 0.0
+    guest: str | None = None  # the guest the active version names; None: the service's
+    guest_args: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,8 @@ class ModelStatus:
             "error": self.error,
             "failed_version": self.failed_version or None,
             "loaded_at": self.loaded_at or None,
+            "guest": self.guest,
+            "guest_args": list(self.guest_args) if self.guest_args is not None else None,
         }
 
 
@@ -153,6 +157,8 @@ class ModelRegistry:
                 version=loaded.version,
                 sha256=loaded.stored.manifest.sha256,
                 loaded_at=time.time(),
+                guest=loaded.stored.manifest.guest,
+                guest_args=loaded.stored.manifest.guest_args,
             )
         if previous is None:
             log.info("model %s version %d loaded", loaded.name, loaded.version)

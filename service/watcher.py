@@ -11,6 +11,7 @@ import logging
 import threading
 
 from .errors import ClassifierError, ErrorKind
+from .guest_source import resolve_guest
 from .pipeline import Classifier
 
 log = logging.getLogger(__name__)
@@ -38,18 +39,19 @@ class Watcher:
             self._thread.join(timeout=5)
 
     def refresh_guest(self) -> bool:
-        """Load the stored guest's current version if it is new. Raises ClassifierError."""
+        """Load the service's guest (CLASSIFIER_GUEST naming a stored or shipped guest) if it is
+        new. Raises ClassifierError."""
         if self.guest_name is None:
             return False
         with self._lock:
-            manifest = self.classifier.store.guest_manifest(self.guest_name)
-            if (manifest.sha256, manifest.args) == self._guest_active:
+            source = resolve_guest(self.guest_name, self.classifier.store)
+            if (source.sha256, source.args) == self._guest_active:
                 return False  # a new version with the same wasm and args changes nothing
-            stored = self.classifier.store.get_guest(self.guest_name)
-            self.classifier.set_guest(stored.wasm, stored.manifest.name, stored.manifest.args)
-            self._guest_active = (stored.manifest.sha256, stored.manifest.args)
+            self.classifier.set_guest(source.wasm, source.reference, source.args)
+            self._guest_active = (source.sha256, source.args)
             self.guest_error = None
-            log.info("guest %s version %d active", manifest.name, manifest.version)
+            version = f" version {source.version}" if source.version else ""
+            log.info("guest %s (%s%s) active", source.reference, source.origin, version)
             return True
 
     def on_update(self, kind: str, name: str) -> None:
@@ -57,6 +59,7 @@ class Watcher:
         if kind == "guest":
             if name == self.guest_name:
                 self._refresh_guest_logged()
+            self.classifier.model_guests.refresh([name])
             return
         with self._lock:
             self.classifier.models.refresh(name)
@@ -77,6 +80,7 @@ class Watcher:
                 with self._lock:
                     self.classifier.models.refresh_all()
                 self._refresh_guest_logged()
+                self.classifier.model_guests.refresh()
                 if failing:
                     log.info("polling the store: it answers again")
                 failing = False

@@ -229,7 +229,7 @@ def test_classify_with_a_missing_guest_file_is_one_line(capfd, store: Path) -> N
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == (
         "classifier: --guest: the guest /nonexistent.wasm: No such file or directory; "
-        "give an existing .wasm file, or a stored guest's name"
+        "give an existing .wasm file, or a stored or shipped guest's name"
     )
     assert "Traceback" not in result.stderr
 
@@ -238,8 +238,8 @@ def test_classify_with_a_stored_guest_by_name(capfd, store: Path, test_guests) -
     put_birds(capfd, store)
     code, _, err = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", "logic")
     assert code == 1 and err == (
-        "classifier: --guest 'logic' (no .wasm suffix: a stored guest's name): guest 'logic' not found in "
-        f"{store}; store it with `classifier guests put logic FILE.wasm`, or give a path ending in .wasm\n"
+        "classifier: --guest: guest 'logic' is neither stored (`classifier guests put logic FILE.wasm`) "
+        "nor shipped (classify, describe, mnist); a file's path ends in .wasm\n"
     )
     guest = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
     assert run(capfd, "--store", store, "guests", "put", "logic", guest)[0] == 0
@@ -376,3 +376,38 @@ def test_readme_classify_json_sample_is_what_it_prints(capfd, monkeypatch, tmp_p
     assert out.strip() == shown.replace(
         f'"elapsed_ms": {expected["elapsed_ms"]}', f'"elapsed_ms": {printed["elapsed_ms"]}'
     )
+
+
+def test_a_models_guest_on_the_command_line_is_checked_and_one_line(capfd, store: Path, test_guests) -> None:
+    mnist = MODELS / "mnist_lstm_uint8" / "model.tflite"
+    code, _, err = run(capfd, "--store", store, "models", "put", "digits", mnist, "--guest", "nosuch")
+    assert code == 1 and err == (
+        "classifier: guest 'nosuch' is neither stored (`classifier guests put nosuch FILE.wasm`) "
+        "nor shipped (classify, describe, mnist); a file's path ends in .wasm\n"
+    )
+    code, _, err = run(capfd, "--store", store, "models", "put", "digits", mnist, "--guest", "x.wasm")
+    assert code == 1 and "not a file ('x.wasm')" in err and len(err.splitlines()) == 1
+    code, _, err = run(
+        capfd, "--store", store, "models", "put", "digits", mnist, "--guest-args", "{image_path}"
+    )
+    assert code == 1 and "name the guest too" in err
+    assert run(capfd, "--store", store, "models", "list")[1] == ""  # nothing stored by any of them
+
+    # a stored guest may be a model's guest, and a put of the same again stores nothing
+    assert run(capfd, "--store", store, "guests", "put", "plain", test_guests["plain_text"])[0] == 0
+    code, out, _ = run(capfd, "--store", store, "models", "put", "digits", mnist, "--guest", "plain")
+    assert code == 0 and out.endswith(", no labels, guest plain)\n"), out
+    code, out, _ = run(capfd, "--store", store, "models", "put", "digits", mnist, "--guest", "plain")
+    assert out == "digits version 1 is already stored (same sha256, labels and guest)\n"
+    code, out, _ = run(capfd, "--store", store, "classify", BIRD, "--model", "digits", "--json")
+    assert code == 0 and "output" in json.loads(out), out  # the plain-text guest answered
+    code, out, _ = run(capfd, "--store", store, "models", "set-guest", "digits", "plain")
+    assert out == "digits version 1 already runs guest plain\n"
+    code, _, err = run(capfd, "--store", store, "models", "set-guest", "nosuch", "mnist")
+    assert code == 1 and err == f"classifier: model 'nosuch' not found in {store}\n"
+    code, out, _ = run(
+        capfd, "--store", store, "models", "set-guest", "digits", "mnist", "--guest-args", "{top_k}"
+    )
+    assert (code, out) == (0, "stored digits version 2: guest mnist (args '{top_k}')\n")
+    code, out, _ = run(capfd, "--store", store, "models", "list", "--json")
+    assert [(m["guest"], m["guest_args"]) for m in json.loads(out)] == [("mnist", ["{top_k}"])]

@@ -40,3 +40,29 @@ def test_the_guest_example_runs_as_shown(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, f"{command}\n{done.stderr}"
         assert done.stdout.splitlines() == shown, command
+
+
+def test_the_shipped_guests_example_runs_as_shown(tmp_path: Path) -> None:
+    """docs/guests.md "A model's own guest": the mnist and describe guests named by their models."""
+    work = tmp_path / "project"
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED)
+    steps = console_steps((ROOT / "docs" / "guests.md").read_text(), "### A model's own guest")
+    assert [command.split()[1] for command, _ in steps if command.startswith("classifier ")] == [
+        "models", "classify", "classify", "models", "classify", "models", "models",
+    ]  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "CLASSIFIER_"))},
+        "CLASSIFIER_STORE": str(tmp_path / "store"),
+        "CLASSIFIER_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    for command, shown in steps:
+        done = subprocess.run(
+            command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+        printed = done.stdout.splitlines()
+        if "--json" in command:  # the time a run took is its own
+            printed = [re.sub(r'"elapsed_ms": [0-9.]+', '"elapsed_ms": 0', line) for line in printed]
+            shown = [re.sub(r'"elapsed_ms": [0-9.]+', '"elapsed_ms": 0', line) for line in shown]
+        assert printed == shown, command

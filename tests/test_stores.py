@@ -293,3 +293,53 @@ def test_dapr_store_backend_fault_is_unavailable(daprd: FakeDaprd, tmp_path: Pat
             store.manifest("birds")
         assert error_kind(exc) == ErrorKind.UNAVAILABLE
         assert store.manifest("birds").version == 1
+
+
+# -- a model's guest (issue 19) -----------------------------------------------------------
+
+
+def test_a_models_guest_is_versioned_with_it(store: Store) -> None:
+    first = store.put("birds", BIRDS, BIRDS_LABELS, guest="describe")
+    assert (first.version, first.guest, first.guest_args) == (1, "describe", None)
+    assert store.manifest("birds").guest == "describe" and store.get("birds").manifest == first
+    again = store.put("birds", BIRDS, BIRDS_LABELS, guest="describe")
+    assert again.unchanged and again.version == 1
+    other = store.put(
+        "birds", BIRDS, BIRDS_LABELS, guest="logic", guest_args=("{model_path}", "{image_path}")
+    )
+    assert (other.version, other.guest, other.guest_args) == (2, "logic", ("{model_path}", "{image_path}"))
+    assert store.put("birds", BIRDS, BIRDS_LABELS).guest is None  # a put says the whole version
+    assert [m.guest for m in store.list_models()] == [None]
+
+
+def test_set_guest_stores_a_new_version_of_the_same_model(store: Store) -> None:
+    store.put("birds", BIRDS, BIRDS_LABELS)
+    changed = store.set_guest("birds", "describe")
+    assert (changed.version, changed.guest, changed.unchanged) == (2, "describe", False)
+    stored = store.get("birds")
+    assert stored.manifest.version == 2 and stored.manifest.guest == "describe"
+    assert stored.model_path.read_bytes() == BIRDS and stored.labels_path is not None
+    assert stored.labels_path.read_text().splitlines() == BIRDS_LABELS
+    assert store.set_guest("birds", "describe").unchanged
+    assert store.set_guest("birds", "describe", ("{image_path}",)).version == 3
+    assert store.set_guest("birds", None).version == 4
+    # a new upload after guest changes: the chunks each version reads are still there
+    assert store.put("birds", MOBILENET).version == 5
+    assert store.set_guest("birds", "mnist").version == 6
+    assert store.get("birds").model_path.read_bytes() == MOBILENET
+    assert store.put("birds", BIRDS, BIRDS_LABELS, guest="mnist").version == 7
+    assert store.get("birds").model_path.read_bytes() == BIRDS
+
+
+def test_a_models_guest_is_a_name(store: Store) -> None:
+    with pytest.raises(ClassifierError, match="not a file") as exc:
+        store.put("birds", BIRDS, BIRDS_LABELS, guest="logic.wasm")
+    assert error_kind(exc) == ErrorKind.INVALID_ARGUMENT
+    with pytest.raises(ClassifierError, match="name the guest too"):
+        store.put("birds", BIRDS, BIRDS_LABELS, guest_args=("{image_path}",))
+    with pytest.raises(ClassifierError, match="unknown guest args placeholder"):
+        store.put("birds", BIRDS, BIRDS_LABELS, guest="logic", guest_args=("{nosuch}",))
+    with pytest.raises(ClassifierError) as missing:
+        store.set_guest("nosuch", "describe")
+    assert error_kind(missing) == ErrorKind.NOT_FOUND
+    assert store.list_models() == []

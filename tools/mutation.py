@@ -66,16 +66,16 @@ def report() -> int:
         elif status == "survived":
             unexplained.append(name)
         counts[module_of(name)][status] += 1
-    print(f"{'module':34} {'mutants':>7} {'killed':>7} {'equiv.':>7} {'survived':>8} {'other':>6} {'score':>6}")
+    columns = ("mutants", "killed", "equiv.", "survived", "other", "score")
+    print(f"{'module':30}" + "".join(f" {c:>8}" for c in columns))
     for module in sorted(counts):
         c = counts[module]
         total = sum(c.values())
         other = total - c["killed"] - c["equivalent"] - c["survived"]
         scored = total - c["equivalent"]
-        score = c["killed"] / scored if scored else 1.0
-        print(
-            f"{module:34} {total:7} {c['killed']:7} {c['equivalent']:7} {c['survived']:8} {other:6} {score:6.1%}"
-        )
+        score = f"{c['killed'] / scored if scored else 1.0:.1%}"
+        cells = (total, c["killed"], c["equivalent"], c["survived"], other, score)
+        print(f"{module:30}" + "".join(f" {cell:>8}" for cell in cells))
     for name in unexplained:
         print(f"survived, not explained in {EQUIVALENT.name}: {name}")
     return 1 if unexplained else 0

@@ -348,13 +348,19 @@ def to_proto(response: dict[str, Any]) -> ClassifyResponseProto:
         version=int(response.get("version", 0)),
         elapsed_ms=float(response.get("elapsed_ms", 0.0)),
     )
+    result = response.get("result")
+    if isinstance(result, int) and not isinstance(result, bool) and result >= 0:
+        message.result = result
     predictions = response.get("predictions")
     if isinstance(predictions, list):
         for p in predictions:
             message.predictions.add(
                 index=int(p["index"]), label=str(p.get("label") or ""), score=float(p["score"])
             )
-    else:
+    # What a guest answers besides predictions (all of it, for one that has none; describe's
+    # sentence): its JSON, verbatim.
+    shown = ("model", "version", "elapsed_ms", "predictions", "result")
+    if not isinstance(predictions, list) or any(key not in shown for key in response):
         message.output_json = json.dumps({k: v for k, v in response.items() if k not in ("model", "version")})
     return message
 

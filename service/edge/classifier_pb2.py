@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63lassifier.proto\x12\rclassifier.v1\">\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\"9\n\nPrediction\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\x8b\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12.\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x19.classifier.v1.Prediction\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\x12\x13\n\x0boutput_json\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63lassifier.proto\x12\rclassifier.v1\">\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\"9\n\nPrediction\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xab\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12.\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x19.classifier.v1.Prediction\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\x12\x13\n\x0boutput_json\x18\x05 \x01(\t\x12\x13\n\x06result\x18\x06 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_resultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,5 +36,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTION']._serialized_start=99
   _globals['_PREDICTION']._serialized_end=156
   _globals['_CLASSIFYRESPONSE']._serialized_start=159
-  _globals['_CLASSIFYRESPONSE']._serialized_end=298
+  _globals['_CLASSIFYRESPONSE']._serialized_end=330
 # @@protoc_insertion_point(module_scope)

@@ -27,15 +27,17 @@ class Prediction(_message.Message):
     def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("model", "version", "predictions", "elapsed_ms", "output_json")
+    __slots__ = ("model", "version", "predictions", "elapsed_ms", "output_json", "result")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     elapsed_ms: float
     output_json: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., elapsed_ms: _Optional[float] = ..., output_json: _Optional[str] = ...) -> None: ...
+    result: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., elapsed_ms: _Optional[float] = ..., output_json: _Optional[str] = ..., result: _Optional[int] = ...) -> None: ...

@@ -4,7 +4,11 @@ Three body forms, told apart by their bytes rather than trusted content types (`
 invoke --data-file` sends `application/json` whatever the file is):
 - protobuf `ClassifyRequest`: content type `application/x-protobuf`, or an Any-packed message;
 - JSON `{"image_base64": ..., "model": ..., "top_k": ...}`: the body starts with `{`
-  (no image format does); `image_url` only when an allowlist is configured;
+  (no image format does); `image_url` only when an allowlist is configured; a field that is
+  an empty string (or null) is absent, as Tencent SCF's tutorial sends `"image_url": ""`;
+  an API-gateway event (`requestContext`, `headers`, `body` as a string, maybe base64 with
+  `isBase64Encoded`), as SCF and AWS Lambda hand to functions, is unwrapped: its `body` is
+  the request, in any of these forms;
 - anything else: the raw image bytes, with `model` and `top_k` from the query string.
 """
 
@@ -28,6 +32,8 @@ from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
 PROTOBUF_CONTENT_TYPES = ("application/x-protobuf", "application/protobuf")
 PROTO_TYPE_NAME = "classifier.v1.ClassifyRequest"
 JSON_FIELDS = ("image_base64", "image_url", "model", "top_k")
+# Keys of an API-gateway event (Tencent SCF, AWS Lambda proxy integration) besides `body`.
+GATEWAY_KEYS = ("requestContext", "headers", "httpMethod", "isBase64Encoded")
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ def decode_body(
     return ClassifyRequest(
         image=data,
         model=check_name(model) if model else None,
-        top_k=_int_param("top_k", top_k) if top_k is not None else None,
+        top_k=_int_param("top_k", top_k) if top_k else None,  # `top_k=` is no value, as "" in JSON
     )
 
 
@@ -133,7 +139,7 @@ def from_proto(message: ClassifyRequestProto) -> ClassifyRequest:
     )
 
 
-def decode_json(data: bytes, fetcher: ImageFetcher) -> ClassifyRequest:
+def decode_json(data: bytes, fetcher: ImageFetcher, *, envelope_allowed: bool = True) -> ClassifyRequest:
     try:
         body: Any = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -142,23 +148,43 @@ def decode_json(data: bytes, fetcher: ImageFetcher) -> ClassifyRequest:
         raise invalid_argument("the JSON body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise invalid_argument("the JSON body must be an object")
-    if ("image_base64" in body) == ("image_url" in body):
+    if envelope_allowed and "body" in body and any(key in body for key in GATEWAY_KEYS):
+        return decode_gateway_event(body, fetcher)
+    # An empty string is no value: callers send the field they do not use as "".
+    fields = {key: value for key, value in body.items() if value is not None and value != ""}
+    if ("image_base64" in fields) == ("image_url" in fields):
         raise invalid_argument(
             f"give exactly one of image_base64 and image_url (fields: {', '.join(JSON_FIELDS)})"
         )
-    if "image_base64" in body:
-        image = _base64_image(body["image_base64"])
+    if "image_base64" in fields:
+        image = _base64_image(fields["image_base64"])
     else:
-        if not isinstance(body["image_url"], str):
+        if not isinstance(fields["image_url"], str):
             raise invalid_argument("image_url must be a string")
-        image = fetcher.fetch(body["image_url"])
-    model = body.get("model")
+        image = fetcher.fetch(fields["image_url"])
+    model = fields.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid_argument("model must be a string")
-    top_k = body.get("top_k")
+    top_k = fields.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
         raise invalid_argument(f"top_k must be an integer, got {json.dumps(top_k)[:40]}")
     return ClassifyRequest(image=image, model=check_name(model) if model else None, top_k=top_k)
+
+
+def decode_gateway_event(event: dict[str, Any], fetcher: ImageFetcher) -> ClassifyRequest:
+    """An API-gateway event: its `body` (a string, base64 if `isBase64Encoded`) is the request, a
+    JSON one or the raw image with `model` and `top_k` from its query string parameters. One
+    level only: a body that is itself an event is refused as a request without an image."""
+    inner = event["body"]
+    if not isinstance(inner, str):
+        raise invalid_argument("the API-gateway event's body must be a string")
+    data = _base64_image(inner) if event.get("isBase64Encoded") is True else inner.encode("utf-8")
+    if data.lstrip()[:1] == b"{":
+        return decode_json(data, fetcher, envelope_allowed=False)
+    query = event.get("queryStringParameters") or event.get("queryString") or {}
+    if not isinstance(query, dict):
+        raise invalid_argument("the API-gateway event's query string parameters must be an object")
+    return decode_body(data, "", urllib.parse.urlencode({k: str(v) for k, v in query.items()}), fetcher)
 
 
 def _base64_image(value: Any) -> bytes:

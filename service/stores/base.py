@@ -74,7 +74,12 @@ class ModelManifest:
     has_labels: bool
     created: float  # unix time
     encoding: str = Encoding.TENSORFLOWLITE.value  # the inference backend's (manifests before it: TFLite)
-    # Set by put() only: the current version already had these bytes and labels, nothing was stored.
+    # The business-logic guest that runs this model's requests (a stored or shipped guest's
+    # name, guest_source.py) and its args template; None: the service's guest.
+    guest: str | None = None
+    guest_args: tuple[str, ...] | None = None
+    # Set by put() and set_guest() only: the current version already had these bytes, labels and
+    # guest, nothing was stored.
     unchanged: bool = field(default=False, compare=False, repr=False)
 
     @property
@@ -97,10 +102,13 @@ class ModelManifest:
             "labels": self.has_labels,
             "created": self.created,
             "encoding": self.encoding,
+            "guest": self.guest,
+            "guest_args": list(self.guest_args) if self.guest_args is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
+        guest_args = data.get("guest_args")
         return cls(
             name=str(data["name"]),
             version=int(data["version"]),
@@ -110,6 +118,8 @@ class ModelManifest:
             has_labels=bool(data.get("labels")),  # a flag here, the list itself in the Dapr store
             created=float(data.get("created", 0.0)),
             encoding=str(data.get("encoding", Encoding.TENSORFLOWLITE.value)),
+            guest=str(data["guest"]) if data.get("guest") else None,  # manifests before it: none
+            guest_args=tuple(str(a) for a in guest_args) if guest_args is not None else None,
         )
 
 
@@ -129,11 +139,36 @@ class StoredModel:
         return self.directory / LABELS_FILE if self.manifest.has_labels else None
 
 
+def check_model_guest(guest: str | None, guest_args: tuple[str, ...] | None) -> None:
+    """A model's guest is named (a stored or shipped guest; a file path would not mean the same on
+    every replica), and its args template is valid."""
+    if guest is None:
+        if guest_args is not None:
+            raise invalid_argument("guest args are for a model's guest: name the guest too")
+        return
+    if guest.endswith(".wasm") or "/" in guest:
+        raise invalid_argument(
+            f"a model's guest is a stored or shipped guest's name, not a file ({guest!r}): "
+            "store it first with `classifier guests put NAME FILE.wasm`"
+        )
+    check_name(guest)
+    if guest_args is not None:
+        if len(guest_args) > MAX_GUEST_ARGS:
+            raise invalid_argument(f"more than {MAX_GUEST_ARGS} guest arguments")
+        check_template(guest_args)
+
+
 def prepare_model(
-    name: str, model: bytes, labels: list[str] | None, version: int
+    name: str,
+    model: bytes,
+    labels: list[str] | None,
+    version: int,
+    guest: str | None = None,
+    guest_args: tuple[str, ...] | None = None,
 ) -> tuple[ModelManifest, list[str] | None]:
-    """Validate a model and its labels before any store keeps them."""
+    """Validate a model, its labels and its guest before any store keeps them."""
     check_name(name)
+    check_model_guest(guest, guest_args)
     try:
         spec = inspect_model(model)
     except ValueError as exc:
@@ -146,6 +181,8 @@ def prepare_model(
         spec=spec,
         has_labels=False,
         created=time.time(),
+        guest=guest,
+        guest_args=guest_args,
     )
     if labels is None:
         labels = labels_from_metadata(model, manifest.num_classes)
@@ -231,13 +268,27 @@ class Progress(Protocol):
 class Store(Protocol):
     """Models and guests, by name, each with a current version.
 
-    A put of what the current version already holds (the same sha256 and labels, or for a
-    guest the same sha256 and args) stores nothing: it returns the current manifest with
+    A put of what the current version already holds (the same sha256, labels and guest, or
+    for a guest the same sha256 and args) stores nothing: it returns the current manifest with
     `unchanged` set."""
 
     def put(
-        self, name: str, model: bytes, labels: list[str] | None = None, progress: Progress | None = None
+        self,
+        name: str,
+        model: bytes,
+        labels: list[str] | None = None,
+        progress: Progress | None = None,
+        *,
+        guest: str | None = None,
+        guest_args: tuple[str, ...] | None = None,
     ) -> ModelManifest: ...
+
+    def set_guest(
+        self, name: str, guest: str | None, guest_args: tuple[str, ...] | None = None
+    ) -> ModelManifest:
+        """A new version of the model with the same bytes and labels and this guest (None: the
+        service's); nothing if the current version has it already (`unchanged`)."""
+        ...
 
     def manifest(self, name: str) -> ModelManifest:
         """The current version's manifest: cheap, for polling."""

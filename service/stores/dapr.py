@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -50,6 +51,7 @@ from .base import (
     Progress,
     StoredGuest,
     StoredModel,
+    check_model_guest,
     check_name,
     has_digest,
     prepare_guest,
@@ -69,6 +71,7 @@ _TRANSIENT = {
     grpc.StatusCode.UNKNOWN,
 }
 COMMIT_ATTEMPTS = 8  # concurrent uploads of one name: re-read and commit as the next version
+MODEL_FIELDS = ("labels", "guest", "guest_args")  # besides sha256: a put of the same stores nothing
 _FIRST_WRITE = StateOptions(concurrency=Concurrency.first_write, consistency=Consistency.strong)
 
 T = TypeVar("T")
@@ -85,23 +88,63 @@ class DaprStore:
     # -- models ---------------------------------------------------------------------------
 
     def put(
-        self, name: str, model: bytes, labels: list[str] | None = None, progress: Progress | None = None
+        self,
+        name: str,
+        model: bytes,
+        labels: list[str] | None = None,
+        progress: Progress | None = None,
+        *,
+        guest: str | None = None,
+        guest_args: tuple[str, ...] | None = None,
     ) -> ModelManifest:
         check_name(name)
-        manifest, labels = prepare_model(name, model, labels, 1)  # the version is set on commit
+        # The version is set on commit.
+        manifest, labels = prepare_model(name, model, labels, 1, guest, guest_args)
         current, _ = self._read_json(f"model/{name}")
-        if current is not None and _same(current, {"sha256": manifest.sha256, "labels": labels}, "labels"):
+        uploaded = {**manifest.to_dict(), "labels": labels}
+        if current is not None and _same(current, uploaded, MODEL_FIELDS):
             return replace(ModelManifest.from_dict(current), unchanged=True)  # no chunk uploaded
-        record = {
-            **manifest.to_dict(),
-            "labels": labels,
-            **self._put_chunks(f"model/{name}", model, progress),
-        }
-        committed = self._commit_manifest(f"model/{name}", record, "labels")
+        record = {**uploaded, **self._put_chunks(f"model/{name}", model, progress)}
+        committed = self._commit_manifest(f"model/{name}", record, MODEL_FIELDS)
         self._add_to_index("models", name)
         if committed is not None:  # an identical upload committed meanwhile
             return replace(ModelManifest.from_dict(committed), unchanged=True)
         return replace(manifest, version=int(record["version"]))
+
+    def set_guest(
+        self, name: str, guest: str | None, guest_args: tuple[str, ...] | None = None
+    ) -> ModelManifest:
+        """The next version on the current one's chunks, written like a commit: only over the
+        manifest it was made from (else re-read, so that a concurrent upload's bytes are kept)."""
+        check_model_guest(guest, guest_args)
+        key = f"model/{name}"
+        wanted = {"guest": guest, "guest_args": list(guest_args) if guest_args is not None else None}
+        for _ in range(COMMIT_ATTEMPTS):
+            current, etag = self._read_json(key)
+            if current is None:
+                raise not_found(f"model {name!r} not found in state store {self.store_name!r}")
+            if _same(current, {**current, **wanted}, ("guest", "guest_args")):
+                return replace(ModelManifest.from_dict(current), unchanged=True)
+            record = {
+                **current,
+                **wanted,
+                "version": int(current["version"]) + 1,
+                "created": time.time(),
+                "previous": {
+                    "sha256": current["sha256"],
+                    "chunks": current.get("chunks", 0),
+                    "chunk_prefix": _prefix_of(current),
+                },
+            }
+            try:
+                self._save_if_unchanged(key, json.dumps(record), etag)
+            except _Conflict:
+                continue
+            stale = current.get("previous")
+            if stale and _prefix_of(stale) != _prefix_of(current):
+                self._delete_chunks(key, stale)
+            return ModelManifest.from_dict(record)
+        raise store_unavailable(f"{key} was replaced by {COMMIT_ATTEMPTS} other writes meanwhile; try again")
 
     def manifest(self, name: str) -> ModelManifest:
         return ModelManifest.from_dict(self._manifest_record(f"model/{name}", "model", name))
@@ -137,10 +180,10 @@ class DaprStore:
         check_name(name)
         manifest = prepare_guest(name, wasm, args, 1)  # the version is set on commit
         current, _ = self._read_json(f"guest/{name}")
-        if current is not None and _same(current, manifest.to_dict(), "args"):
+        if current is not None and _same(current, manifest.to_dict(), ("args",)):
             return replace(GuestManifest.from_dict(current), unchanged=True)  # no chunk uploaded
         record = {**manifest.to_dict(), **self._put_chunks(f"guest/{name}", wasm, progress)}
-        committed = self._commit_manifest(f"guest/{name}", record, "args")
+        committed = self._commit_manifest(f"guest/{name}", record, ("args",))
         self._add_to_index("guests", name)
         if committed is not None:
             return replace(GuestManifest.from_dict(committed), unchanged=True)
@@ -203,15 +246,17 @@ class DaprStore:
             raise store_fault(f"{what}: the stored bytes do not match the manifest's sha256")
         return data
 
-    def _commit_manifest(self, key: str, uploaded: dict[str, Any], same_field: str) -> dict[str, Any] | None:
+    def _commit_manifest(
+        self, key: str, uploaded: dict[str, Any], same_fields: tuple[str, ...]
+    ) -> dict[str, Any] | None:
         """Write the manifest last, as the version after the current one, only if nobody
         replaced it meanwhile (else re-read and try again); then drop the chunks of the
         version before the previous one (a reader may still be on the previous). Sets
         `uploaded["version"]`; returns None, or the current record if it already has the same
-        sha256 and `same_field` (an identical upload committed meanwhile: nothing is written)."""
+        sha256 and `same_fields` (an identical upload committed meanwhile: nothing is written)."""
         for _ in range(COMMIT_ATTEMPTS):
             previous, etag = self._read_json(key)
-            if previous is not None and _same(previous, uploaded, same_field):
+            if previous is not None and _same(previous, uploaded, same_fields):
                 self._delete_chunks(key, uploaded)  # this upload's own chunks: nothing refers to them
                 return previous
             record = {**uploaded, "version": int(previous["version"]) + 1 if previous else 1}
@@ -354,10 +399,7 @@ def _write_dir(directory: Path, files: dict[str, bytes], manifest: dict[str, Any
             raise
 
 
-def _same(current: dict[str, Any], uploaded: dict[str, Any], same_field: str) -> bool:
-    """The current manifest record already holds what is uploaded: the same sha256 and labels
-    (models) or args (guests)."""
-    return bool(
-        current.get("sha256") == uploaded.get("sha256")
-        and current.get(same_field) == uploaded.get(same_field)
-    )
+def _same(current: dict[str, Any], uploaded: dict[str, Any], same_fields: tuple[str, ...]) -> bool:
+    """The current manifest record already holds what is uploaded: the same sha256 and
+    `same_fields` (models: labels and guest; guests: args)."""
+    return all(current.get(key) == uploaded.get(key) for key in ("sha256", *same_fields))

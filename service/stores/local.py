@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from .base import (
     Progress,
     StoredGuest,
     StoredModel,
+    check_model_guest,
     check_name,
     prepare_guest,
     prepare_model,
@@ -107,14 +109,27 @@ class LocalStore:
     # -- models ---------------------------------------------------------------------------
 
     def put(
-        self, name: str, model: bytes, labels: list[str] | None = None, progress: Progress | None = None
+        self,
+        name: str,
+        model: bytes,
+        labels: list[str] | None = None,
+        progress: Progress | None = None,
+        *,
+        guest: str | None = None,
+        guest_args: tuple[str, ...] | None = None,
     ) -> ModelManifest:
         """Store a new version of a model; labels default to those in its metadata."""
         version = self._models.current_version(check_name(name)) + 1
-        manifest, labels = prepare_model(name, model, labels, version)
+        manifest, labels = prepare_model(name, model, labels, version, guest, guest_args)
         if version > 1 and (current := _intact(self.get, name)) is not None:
             stored_labels = current.labels_path.read_text().splitlines() if current.labels_path else None
-            if current.manifest.sha256 == manifest.sha256 and stored_labels == labels:
+            held = (
+                current.manifest.sha256,
+                stored_labels,
+                current.manifest.guest,
+                current.manifest.guest_args,
+            )
+            if held == (manifest.sha256, labels, guest, guest_args):
                 return replace(current.manifest, unchanged=True)
         files = {manifest.model_file: model}
         if labels is not None:
@@ -122,6 +137,28 @@ class LocalStore:
         self._models.publish(name, version, files, manifest.to_dict())
         if progress is not None:
             progress(len(model), len(model))
+        return manifest
+
+    def set_guest(
+        self, name: str, guest: str | None, guest_args: tuple[str, ...] | None = None
+    ) -> ModelManifest:
+        check_model_guest(guest, guest_args)
+        current = self.get(name)
+        if (current.manifest.guest, current.manifest.guest_args) == (guest, guest_args):
+            return replace(current.manifest, unchanged=True)
+        manifest = replace(
+            current.manifest,
+            version=current.manifest.version + 1,
+            guest=guest,
+            guest_args=guest_args,
+            created=time.time(),
+        )
+        files = {
+            entry.name: entry.read_bytes()
+            for entry in current.directory.iterdir()
+            if entry.name != MANIFEST_FILE and entry.is_file()
+        }
+        self._models.publish(name, manifest.version, files, manifest.to_dict())
         return manifest
 
     def manifest(self, name: str) -> ModelManifest:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,12 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .command_input import read_input
 from .config import ServeSettings, Settings
-from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
+from .errors import ClassifierError, ErrorKind, invalid_argument
 from .guest_args import parse_template
-from .inference.backend import Encoding, Target, backend_for, load_graph
+from .inference.backend import Encoding, Graph, Target, backend_for, load_graph
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
+from .sidecar_wait import check_dapr_environment, wait_for_sidecar
 from .stores.base import GuestManifest, ModelManifest, Progress, Store, StoredGuest, check_name
 from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
@@ -41,10 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = replace(settings, store_dir=args.store)
         return int(args.handler(args, settings))
     except ClassifierError as exc:
-        print(f"classifier: {exc.message}", file=sys.stderr)
+        print(f"classifier: {exc.message}{_sidecar_hint(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: what was started is stopped by the finally clauses on the way
+        print("classifier: interrupted", file=sys.stderr)
         return 130
+
+
+def _sidecar_hint(exc: ClassifierError) -> str:
+    """What to do when the sidecar stopped answering during a command (it answered at first)."""
+    port = os.environ.get("DAPR_GRPC_PORT")
+    if exc.kind != ErrorKind.UNAVAILABLE or not port or "sidecar" in exc.message:
+        return ""
+    return f"; is the Dapr sidecar (DAPR_GRPC_PORT={port}) still running?"
 
 
 STORE_HELP = "local model store (env CLASSIFIER_STORE, default ./.classifier)"
@@ -97,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the Dapr gRPC app (APP_PORT, default 50051)", parents=[with_store]
     )
-    serve.add_argument("--port", type=int, help="default: APP_PORT or 50051")
+    serve.add_argument("--port", type=_port_number, help="default: APP_PORT or 50051")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser(
@@ -166,11 +178,27 @@ def _parser() -> argparse.ArgumentParser:
         help="a model the guest can open with wasi-nn load_by_name",
     )
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    run.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
+    run.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds (default 3600)")
     run.add_argument("guest", type=Path)
     run.add_argument("args", nargs=argparse.REMAINDER)
     run.set_defaults(handler=_wasm_run)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def _port_number(text: str) -> int:
+    if not (text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
 
 
 def _store(settings: Settings) -> Store:
@@ -182,20 +210,20 @@ def _store(settings: Settings) -> Store:
 
 
 def _sidecar(connect: Callable[[], _T]) -> _T:
-    """`connect()` makes a DaprClient, which waits for the sidecar's health (DAPR_HEALTH_TIMEOUT,
-    60 s by default, printing a line on stdout every second). A command waits SIDECAR_WAIT_S
-    unless DAPR_HEALTH_TIMEOUT says otherwise, quietly, and then fails with one line."""
+    """`connect()` makes a DaprClient once the sidecar is healthy. A command waits SIDECAR_WAIT_S
+    unless DAPR_HEALTH_TIMEOUT says otherwise (service/sidecar_wait.py), then fails with one line."""
     from dapr.clients.http.helpers import get_api_url
 
+    check_dapr_environment()
     os.environ.setdefault("DAPR_HEALTH_TIMEOUT", SIDECAR_WAIT_S)
+    wait_for_sidecar(get_api_url(), float(os.environ["DAPR_HEALTH_TIMEOUT"]))
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # the SDK's own health lines
             return connect()
-    except TimeoutError as exc:
+    except TimeoutError as exc:  # healthy a moment ago, gone now
         raise ClassifierError(
             ErrorKind.UNAVAILABLE,
-            f"no Dapr sidecar answered at {get_api_url()} within {os.environ['DAPR_HEALTH_TIMEOUT']} s: "
-            "start one with `dapr run`, or point DAPR_HTTP_PORT and DAPR_GRPC_PORT at yours",
+            f"the Dapr sidecar at {get_api_url()} stopped answering: is it still running?",
         ) from exc
 
 
@@ -235,7 +263,7 @@ def _announce(kind: str, name: str, version: int) -> None:
 
 def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     model = _read(args.model)
-    labels = parse_labels(_read(args.labels).decode("utf-8")) if args.labels else None
+    labels = parse_labels(_text(args.labels, "--labels")) if args.labels else None
     manifest = _store(settings).put(args.name, model, labels, progress=_progress(f"uploading {args.name}"))
     if manifest.unchanged:
         print(f"{manifest.name} version {manifest.version} is already stored (same sha256 and labels)")
@@ -249,13 +277,19 @@ def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_manifests(manifests: Sequence[Any], as_json: bool, line: Callable[[Any], str]) -> int:
-    """`models list` / `guests list`: JSON, or one tab-separated line each."""
+def _print_manifests(
+    manifests: Sequence[Any], as_json: bool, line: Callable[[Any], str], kind: str, settings: Settings
+) -> int:
+    """`models list` / `guests list`: JSON, or one tab-separated line each (none: a note on stderr)."""
     if as_json:
         print(json.dumps([m.to_dict() for m in manifests], indent=2))
     else:
         for manifest in manifests:
             print(line(manifest))
+    if not manifests and not as_json:
+        serve = ServeSettings.from_env()
+        where = f"the Dapr state store {serve.state_store!r}" if serve.dapr else str(settings.store_dir)
+        print(f"no {kind} in {where}: store one with `classifier {kind} put`", file=sys.stderr)
     return 0
 
 
@@ -265,7 +299,7 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
         shape = "x".join(str(d) for d in tensor.shape)
         return f"{m.name}\tv{m.version}\t{tensor.dtype} {shape}\t{m.num_classes} classes\t{m.sha256[:12]}"
 
-    return _print_manifests(_store(settings).list_models(), args.json, line)
+    return _print_manifests(_store(settings).list_models(), args.json, line, "models", settings)
 
 
 def _models_rm(args: argparse.Namespace, settings: Settings) -> int:
@@ -293,7 +327,7 @@ def _guests_list(args: argparse.Namespace, settings: Settings) -> int:
         template = shlex.join(m.args) if m.args is not None else "(default interface)"
         return f"{m.name}\tv{m.version}\t{m.size} bytes\t{m.sha256[:12]}\t{template}"
 
-    return _print_manifests(_store(settings).list_guests(), args.json, line)
+    return _print_manifests(_store(settings).list_guests(), args.json, line, "guests", settings)
 
 
 def _guests_rm(args: argparse.Namespace, settings: Settings) -> int:
@@ -309,7 +343,26 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     serve_settings = ServeSettings.from_env()
     if args.port is not None:
         serve_settings = replace(serve_settings, port=args.port)
-    return serve(settings, serve_settings)
+    try:
+        _check_port_free(serve_settings.listen_address, serve_settings.port)
+        return serve(settings, serve_settings)
+    except OSError as exc:
+        if not str(exc).startswith("cannot listen"):
+            raise
+        raise ClassifierError(  # the port is in use, or not ours to bind
+            ErrorKind.UNAVAILABLE, f"{exc}: choose another port with --port or APP_PORT"
+        ) from exc
+
+
+def _check_port_free(address: str, port: int) -> None:
+    """Said before gRPC tries the port (its own failure comes with a log line of its core's)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            raise OSError(f"cannot listen on {address}:{port}: {exc.strerror}") from exc
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -334,7 +387,7 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
                     http_verb="POST",
                     http_querystring=query or None,
                 )
-                print(json.dumps({"image": str(image), **json.loads(response.data)}))
+                print(json.dumps({"image": str(image), **_json_answer(response.data)}))
             except Exception as exc:  # one line per failed image, then the next image
                 failed += 1
                 print(f"classifier: {image}: {_call_error(exc)}", file=sys.stderr)
@@ -417,6 +470,12 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     from .pipeline import Classifier  # imported here: the other commands need no guest
 
     guest_wasm = None
+    check_name(args.model)
+    if args.guest_args is not None and not args.guest and settings.guest is None:
+        raise invalid_argument(
+            "--guest-args: the embedded guest takes no args template; give it with a command-style "
+            "guest, --guest FILE.wasm"
+        )
     if args.guest_args is not None:
         settings = replace(settings, guest_args=parse_template(args.guest_args))
     if args.guest and args.guest.endswith(".wasm"):
@@ -476,6 +535,11 @@ def _stored_guest(settings: Settings, name: str) -> StoredGuest:
     """A guest stored with `guests put` in the local store (`classify` reads models there too)."""
     from .stores.local import LocalStore
 
+    if os.sep in name or Path(name).is_file():
+        raise invalid_argument(
+            f"--guest {name!r}: a guest file's name ends in .wasm (anything else is a stored guest's name); "
+            "rename it, or store it with `classifier guests put NAME FILE.wasm`"
+        )
     try:
         return LocalStore(settings.store_dir).get_guest(check_name(name))
     except ClassifierError as exc:
@@ -503,7 +567,7 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
         call = GuestCall(
             limits=replace(settings.limits, timeout_s=args.timeout),
             named_graphs={
-                name: load_graph(_read(path), encoding, settings.interpreter_threads)
+                name: _preload(name, encoding, path, settings.interpreter_threads)
                 for name, encoding, path in map(_parse_preload, args.nn_preload)
             },
             graph_cache=GraphCache(num_threads=settings.interpreter_threads),
@@ -548,6 +612,15 @@ def _parse_preload(spec: str) -> tuple[str, Encoding, Path]:
     return name, encoding, Path(path)
 
 
+def _preload(name: str, encoding: Encoding, path: Path, threads: int) -> Graph:
+    try:
+        return load_graph(read_input(path, f"--nn-preload {name}:"), encoding, threads)
+    except ValueError as exc:  # the backend's word for a file it cannot load
+        raise invalid_argument(
+            f"--nn-preload {name}: {path}: {exc}; give a {encoding.value} model file"
+        ) from exc
+
+
 # WasmEdge's encoding names (and the short one for TFLite) -> the backends' encodings.
 ENCODING_NAMES = {**{e.value: e for e in Encoding}, "tflite": Encoding.TENSORFLOWLITE}
 
@@ -570,7 +643,28 @@ def _parse_env(pair: str) -> tuple[str, str]:
 
 
 def _read(path: Path) -> bytes:
+    return read_input(path)
+
+
+def _text(path: Path, what: str) -> str:
     try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise not_found(f"cannot read {path}: {exc.strerror}") from exc
+        return read_input(path, what).decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid_argument(
+            f"{what} {path}: not UTF-8 text; give a text file, one label per line"
+        ) from None
+
+
+def _json_answer(data: bytes) -> dict[str, Any]:
+    """The service's JSON answer, passed on by the sidecar; anything else is not from this service."""
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ClassifierError(
+            ErrorKind.UNAVAILABLE,
+            f"the answer is not the service's JSON ({data[:60]!r}): is DAPR_HTTP_PORT a Dapr sidecar's, "
+            "and --app-id this service's?",
+        )
+    return answer

@@ -30,6 +30,8 @@ from . import image, legacy_image, tensorflow, tensorflowlite, wasi_nn, wasi_pol
 from .call import GuestCall, running
 from .wasmtime_capi import capture_output, forget_output, set_stdin_bytes
 
+WASM_MAGIC = b"\0asm"
+NOT_WASM = "not a valid wasm module: it does not start with \\0asm (give a .wasm file built for wasm32-wasi)"
 EPOCH_TICK_S = 0.01  # 5-10 ms ticks cost nothing measurable and keep deadlines accurate
 
 
@@ -166,7 +168,10 @@ class WasmHost:
             wasm = Path(path).read_bytes()
         except OSError as exc:
             raise ClassifierError(ErrorKind.NOT_FOUND, f"cannot read guest {path}: {exc.strerror}") from exc
-        return self.load_guest(wasm, Path(path).name)
+        try:
+            return self.load_guest(wasm, Path(path).name)
+        except ClassifierError as exc:
+            raise ClassifierError(exc.kind, f"the guest {path}: {exc.message}") from exc
 
     def _module(self, wasm: bytes, digest: str) -> wasmtime.Module:
         cached = self.cache_dir / f"{digest}-{self.fingerprint}.cwasm" if self.cache_dir else None
@@ -175,6 +180,8 @@ class WasmHost:
                 return wasmtime.Module.deserialize_file(self.engine, str(cached))
             except wasmtime.WasmtimeError:
                 cached.unlink(missing_ok=True)  # stale or corrupt: compile again
+        if not wasm.startswith(WASM_MAGIC):  # else wasmtime reads it as WAT text: a puzzling error
+            raise ClassifierError(ErrorKind.INVALID_ARGUMENT, NOT_WASM)
         try:
             module = wasmtime.Module(self.engine, wasm)
         except wasmtime.WasmtimeError as exc:

@@ -205,7 +205,11 @@ def _store(settings: Settings) -> Store:
     """The Dapr state store when a sidecar is configured (DAPR_GRPC_PORT), else the local one."""
     from .edge.app import connect_store  # the Dapr SDK loads only when it is needed
 
-    store, _ = _sidecar(lambda: connect_store(settings, ServeSettings.from_env()))
+    serve = ServeSettings.from_env()
+    if not serve.dapr:
+        store, _ = connect_store(settings, serve)  # the local store: no sidecar to wait for
+        return store
+    store, _ = _sidecar(lambda: connect_store(settings, serve))
     return store
 
 

@@ -2,8 +2,8 @@
 
 A regular file is read at once. A FIFO, a character device or a socket (`<(curl ...)`, a named pipe)
 may have no writer yet, and opening or reading it would block for ever: it is opened without
-blocking and read as data arrives, saying on stderr that it is waiting, until nothing has come for
-INPUT_WAIT_S. Ctrl-C interrupts any of this (KeyboardInterrupt, exit 130 in service.cli).
+blocking and read as data arrives (saying that it waits, when stderr is a terminal), until nothing
+has come for INPUT_WAIT_S. Ctrl-C interrupts any of this (KeyboardInterrupt, exit 130 in service.cli).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _read_stream(path: Path, label: str) -> bytes:
                     f"cannot read {label}: nothing was written to it for {INPUT_WAIT_S:g} s "
                     "(a pipe with no writer?): start its writer first, or give a regular file",
                 )
-            if not said_waiting and silent_s >= PROGRESS_AFTER_S:
+            if not said_waiting and silent_s >= PROGRESS_AFTER_S and sys.stderr.isatty():
                 print(
                     f"classifier: waiting for data on {label} "
                     f"(a pipe; up to {INPUT_WAIT_S:g} s, Ctrl-C to stop)",

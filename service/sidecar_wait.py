@@ -3,8 +3,8 @@
 `DaprClient()` polls the sidecar's health for DAPR_HEALTH_TIMEOUT seconds, printing a line on
 stdout for each failed probe, and its first probe may take all of that on a sidecar that accepts
 connections and never answers. The commands wait first, on their own terms: probes of at most a
-second, a progress line on stderr now and then, the last probe's failure in the final error;
-DaprClient() then finds the sidecar healthy at once.
+second, a progress line now and then when stderr is a terminal, the last probe's failure in the
+final error; DaprClient() then finds the sidecar healthy at once.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def wait_for_sidecar(api_url: str, timeout_s: float) -> None:
                 f"no Dapr sidecar answered at {api_url} within {timeout_s:g} s ({reason}): start one with "
                 "`dapr run`, or point DAPR_HTTP_PORT and DAPR_GRPC_PORT at yours",
             )
-        if now >= next_progress:
+        if now >= next_progress and sys.stderr.isatty():  # for a person; a script gets the last line
             print(
                 f"classifier: waiting for the Dapr sidecar at {api_url} "
                 f"({now - started:.0f}/{timeout_s:g} s, {reason}; Ctrl-C to stop)",

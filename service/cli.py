@@ -12,6 +12,7 @@ import os
 import shlex
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,7 +29,7 @@ from .inference.labels import parse_labels
 from .sidecar_wait import check_dapr_environment, wait_for_sidecar
 from .stores.base import GuestManifest, ModelManifest, Progress, Store, StoredGuest, check_name
 from .wasm.call import GuestCall
-from .wasm.host import Preopen, WasmHost
+from .wasm.host import GuestResult, Preopen, WasmHost
 
 EXIT_TRAP = 134  # like an abort: the guest trapped rather than exiting
 SIDECAR_WAIT_S = "5"  # DAPR_HEALTH_TIMEOUT of the commands: their sidecar runs already, or it never will
@@ -576,13 +577,11 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
             },
             graph_cache=GraphCache(num_threads=settings.interpreter_threads),
         )
-        result = host.run(
-            guest,
-            args.args,
-            call=call,
-            preopens=[_parse_dir(spec) for spec in args.dir],
-            env=[_parse_env(pair) for pair in args.env],
-            inherit_stdio=True,
+        preopens = [_parse_dir(spec) for spec in args.dir]
+        env = [_parse_env(pair) for pair in args.env]
+        result = _interruptible(
+            lambda: host.run(guest, args.args, call=call, preopens=preopens, env=env, inherit_stdio=True),
+            host,
         )
     finally:
         host.close()
@@ -593,6 +592,33 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"classifier: guest trapped: {reason}", file=sys.stderr)
         return EXIT_TRAP
     return result.exit_code or 0
+
+
+def _interruptible(run_guest: Callable[[], GuestResult], host: WasmHost) -> GuestResult:
+    """The guest runs in a thread of its own: Python takes Ctrl-C in the main thread only, and
+    only between bytecodes, never while wasm runs. On Ctrl-C the guest is interrupted (its
+    deadline made to pass) and KeyboardInterrupt goes on up (exit 130)."""
+    outcome: list[GuestResult | BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(run_guest())
+        except BaseException as exc:  # handed to the main thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, name="guest")
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except KeyboardInterrupt:
+        host.interrupt()
+        thread.join()
+        raise
+    [result] = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _parse_preload(spec: str) -> tuple[str, Encoding, Path]:

@@ -461,3 +461,35 @@ def test_ctrl_c_stops_the_benchmark_and_what_it_started(tmp_path: Path) -> None:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def probe_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from build import compile_guest
+
+    out = tmp_path_factory.mktemp("probe")
+    return compile_guest(ROOT / "wasm" / "testguests" / "probe.c", out / "probe.wasm")
+
+
+def test_ctrl_c_stops_a_running_guest(files: dict[str, Path], probe_guest: Path) -> None:
+    """`wasm run` gives a guest an hour by default; Ctrl-C stops it at once (wasm runs in native
+    code, where Python takes no signal: the guest is interrupted through its deadline)."""
+    env = clean_env(CLASSIFIER_CACHE_DIR=str(files["root"] / "cache"))
+    argv = [str(CLASSIFIER), "wasm", "run", str(probe_guest), "flood"]
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.read(64)  # the guest runs: it writes
+        assert first.startswith(b"flood"), first
+        drained = threading.Thread(target=lambda: process.stdout.read(), daemon=True)  # type: ignore[union-attr]
+        drained.start()  # keep the pipe open and empty, so the guest never blocks in a write
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+        stderr = process.stderr.read().decode()
+        assert (code, stderr.splitlines()[-1]) == (130, "classifier: interrupted"), stderr
+        assert "Traceback" not in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

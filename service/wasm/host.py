@@ -138,7 +138,16 @@ class WasmHost:
             host_module.define(self.linker)
         self._guests: dict[str, Guest] = {}
         self._lock = threading.Lock()
+        self._latest_deadline = 0.0  # of every run so far: how far interrupt() must move the epoch
         self._ticker = _EpochTicker(self.engine, EPOCH_TICK_S)
+
+    def interrupt(self) -> None:
+        """Make every run on this host pass its deadline now (Ctrl-C on the command line): the
+        engine's epoch, which other threads may advance, moved past the latest deadline."""
+        with self._lock:
+            ticks = math.ceil(max(self._latest_deadline - time.monotonic(), 0.0) / EPOCH_TICK_S) + 2
+        for _ in range(ticks):
+            self.engine.increment_epoch()
 
     def close(self) -> None:
         self._ticker.stop()
@@ -211,6 +220,8 @@ class WasmHost:
         store.set_limits(memory_size=call.limits.memory_bytes)
         time_left = max(call.deadline - time.monotonic(), 0.0)
         store.set_epoch_deadline(math.ceil(time_left / EPOCH_TICK_S) + 1)
+        with self._lock:
+            self._latest_deadline = max(self._latest_deadline, call.deadline)
 
         wasi = wasmtime.WasiConfig()
         wasi.argv = [guest.name, *args]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -12,9 +13,11 @@ import os
 import shlex
 import socket
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +32,7 @@ from .inference.labels import parse_labels
 from .sidecar_wait import check_dapr_environment, wait_for_sidecar
 from .stores.base import GuestManifest, ModelManifest, Progress, Store, StoredGuest, check_name
 from .wasm.call import GuestCall
-from .wasm.host import GuestResult, Preopen, WasmHost
+from .wasm.host import Preopen, WasmHost
 
 EXIT_TRAP = 134  # like an abort: the guest trapped rather than exiting
 SIDECAR_WAIT_S = "5"  # DAPR_HEALTH_TIMEOUT of the commands: their sidecar runs already, or it never will
@@ -504,6 +507,7 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
             exc.kind, f"--guest: {exc.message}; give an existing .wasm file, or a stored guest's name"
         ) from exc
     failed = 0
+    worker = ThreadPoolExecutor(1, thread_name_prefix="guest")
     try:
         try:
             classifier.model(args.model)  # an unknown model fails once, before any image
@@ -520,7 +524,11 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
             ) from exc
         for image in args.images:
             try:
-                response = classifier.classify(_read(image), args.model, args.top_k)
+                response = _interruptible(
+                    functools.partial(classifier.classify, _read(image), args.model, args.top_k),
+                    classifier.host,
+                    worker,
+                )
             except ClassifierError as exc:
                 failed += 1
                 if args.json:
@@ -532,6 +540,7 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 print(f"{image}: {_summary(response)}")
     finally:
+        worker.shutdown()
         classifier.close()
     return 1 if failed else 0
 
@@ -579,10 +588,12 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
         )
         preopens = [_parse_dir(spec) for spec in args.dir]
         env = [_parse_env(pair) for pair in args.env]
-        result = _interruptible(
-            lambda: host.run(guest, args.args, call=call, preopens=preopens, env=env, inherit_stdio=True),
-            host,
-        )
+        with ThreadPoolExecutor(1, thread_name_prefix="guest") as worker:
+            result = _interruptible(
+                lambda: host.run(guest, args.args, call=call, preopens=preopens, env=env, inherit_stdio=True),
+                host,
+                worker,
+            )
     finally:
         host.close()
     for note in result.call.notes:
@@ -594,31 +605,22 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
     return result.exit_code or 0
 
 
-def _interruptible(run_guest: Callable[[], GuestResult], host: WasmHost) -> GuestResult:
-    """The guest runs in a thread of its own: Python takes Ctrl-C in the main thread only, and
-    only between bytecodes, never while wasm runs. On Ctrl-C the guest is interrupted (its
-    deadline made to pass) and KeyboardInterrupt goes on up (exit 130)."""
-    outcome: list[GuestResult | BaseException] = []
-
-    def target() -> None:
-        try:
-            outcome.append(run_guest())
-        except BaseException as exc:  # handed to the main thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=target, name="guest")
-    thread.start()
+def _interruptible(run_guest: Callable[[], _T], host: WasmHost, worker: ThreadPoolExecutor) -> _T:
+    """`run_guest()` on the worker thread: Python takes Ctrl-C in the main thread only, and only
+    between bytecodes, never while wasm runs. On Ctrl-C the guest is interrupted (its deadline
+    made to pass) and KeyboardInterrupt goes on up (exit 130). One worker for a command's runs:
+    LiteRT's interpreters are kept per thread."""
+    future = worker.submit(run_guest)
     try:
-        while thread.is_alive():
-            thread.join(0.1)
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except FutureTimeout:
+                continue
     except KeyboardInterrupt:
         host.interrupt()
-        thread.join()
+        wait_for_futures([future])
         raise
-    [result] = outcome
-    if isinstance(result, BaseException):
-        raise result
-    return result
 
 
 def _parse_preload(spec: str) -> tuple[str, Encoding, Path]:

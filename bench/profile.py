@@ -42,7 +42,7 @@ from service.stores.local import LocalStore
 from service.wasm.call import GuestCall
 from service.wasm.host import Guest, Preopen
 
-from .run import ROOT, SMOKE_NOTE, TOP_K, WORKLOADS, timed, wasm_overhead
+from .run import ROOT, SMOKE_NOTE, TOP_K, WORKLOADS, check_output_dir, interruptible, timed, wasm_overhead
 
 sys.path.insert(0, str(ROOT / "wasm"))
 from build import compile_guest
@@ -217,6 +217,7 @@ def print_profile(results: dict) -> None:
             print(f"  {name:52s} {cost(ms)}")
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few runs each: check it works (CI)")
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.empty_app:
         serve_empty_app()
         return 0
+    check_output_dir(parser, args.out)
     print_profile(profile(args.smoke, args.out))
     return 0
 

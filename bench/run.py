@@ -28,6 +28,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -623,16 +624,51 @@ def plot(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def positive_int(text: str) -> int:
+    if not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, at least 1")
+    return int(text)
+
+
+def check_output_dir(parser: argparse.ArgumentParser, out: Path) -> None:
+    """--out is made (or found writable) before the run, not after minutes of it."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: not a directory; give a directory for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".writable").touch()
+        (out / ".writable").unlink()
+    except OSError as exc:
+        parser.error(f"--out {out}: {exc.strerror or exc}; give a directory this user can write")
+
+
+def interruptible(run_main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Ctrl-C: the finally clauses stop what was started; one line, exit code 130."""
+
+    def main(argv: list[str] | None = None) -> int:
+        try:
+            return run_main(argv)
+        except KeyboardInterrupt:
+            print("bench: interrupted; nothing written", file=sys.stderr)
+            return 130
+
+    return main
+
+
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few requests per case: check it works (CI)")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
-    parser.add_argument("--per-round", type=int, default=20, help="requests per case per round (default 20)")
+    parser.add_argument("--rounds", type=positive_int, default=10, help="interleaved rounds (default 10)")
+    parser.add_argument(
+        "--per-round", type=positive_int, default=20, help="requests per case per round (default 20)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument(
         "--no-daprd", action="store_true", help="skip the cases through a real daprd (and its Redis)"
     )
     args = parser.parse_args(argv)
+    check_output_dir(parser, args.out)
     load = os.getloadavg()[0]
     results = run(args.smoke, args.rounds, args.per_round, args.out, daprd=not args.no_daprd)
     results["machine"]["load_average_at_start"] = load

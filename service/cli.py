@@ -5,26 +5,33 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import io
 import json
 import logging
 import os
 import shlex
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .command_input import read_input
 from .config import ServeSettings, Settings
-from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
+from .errors import ClassifierError, ErrorKind, invalid_argument
 from .guest_args import parse_template
 from .guest_source import GuestSource, is_path, resolve_guest
-from .inference.backend import Encoding, Target, backend_for, load_graph
+from .inference.backend import Encoding, Graph, Target, backend_for, load_graph
 from .inference.cache import GraphCache
 from .inference.labels import parse_labels
-from .stores.base import GuestManifest, ModelManifest, Progress, Store, check_model_guest
+from .sidecar_wait import check_dapr_environment, wait_for_sidecar
+from .stores.base import GuestManifest, ModelManifest, Progress, Store, check_model_guest, check_name
 from .wasm.call import GuestCall
 from .wasm.host import Preopen, WasmHost
 
@@ -42,10 +49,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = replace(settings, store_dir=args.store)
         return int(args.handler(args, settings))
     except ClassifierError as exc:
-        print(f"classifier: {exc.message}", file=sys.stderr)
+        print(f"classifier: {exc.message}{_sidecar_hint(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: what was started is stopped by the finally clauses on the way
+        print("classifier: interrupted", file=sys.stderr)
         return 130
+
+
+def _sidecar_hint(exc: ClassifierError) -> str:
+    """What to do when the sidecar stopped answering during a command (it answered at first)."""
+    port = os.environ.get("DAPR_GRPC_PORT")
+    if exc.kind != ErrorKind.UNAVAILABLE or not port or "sidecar" in exc.message:
+        return ""
+    return f"; is the Dapr sidecar (DAPR_GRPC_PORT={port}) still running?"
 
 
 STORE_HELP = "local model store (env CLASSIFIER_STORE, default ./.classifier)"
@@ -107,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the Dapr gRPC app (APP_PORT, default 50051)", parents=[with_store]
     )
-    serve.add_argument("--port", type=int, help="default: APP_PORT or 50051")
+    serve.add_argument("--port", type=_port_number, help="default: APP_PORT or 50051")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser(
@@ -187,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a model the guest can open with wasi-nn load_by_name",
     )
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    run.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
+    run.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds (default 3600)")
     run.add_argument("guest", type=Path)
     run.add_argument("args", nargs=argparse.REMAINDER)
     run.set_defaults(handler=_wasm_run)
@@ -225,29 +241,49 @@ def _guest_note(manifest: ModelManifest) -> str:
     return f"guest {manifest.guest}{template}"
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def _port_number(text: str) -> int:
+    if not (text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
 def _store(settings: Settings) -> Store:
     """The Dapr state store when a sidecar is configured (DAPR_GRPC_PORT), else the local one."""
     from .edge.app import connect_store  # the Dapr SDK loads only when it is needed
 
-    store, _ = _sidecar(lambda: connect_store(settings, ServeSettings.from_env()))
+    serve = ServeSettings.from_env()
+    if not serve.dapr:
+        store, _ = connect_store(settings, serve)  # the local store: no sidecar to wait for
+        return store
+    store, _ = _sidecar(lambda: connect_store(settings, serve))
     return store
 
 
 def _sidecar(connect: Callable[[], _T]) -> _T:
-    """`connect()` makes a DaprClient, which waits for the sidecar's health (DAPR_HEALTH_TIMEOUT,
-    60 s by default, printing a line on stdout every second). A command waits SIDECAR_WAIT_S
-    unless DAPR_HEALTH_TIMEOUT says otherwise, quietly, and then fails with one line."""
+    """`connect()` makes a DaprClient once the sidecar is healthy. A command waits SIDECAR_WAIT_S
+    unless DAPR_HEALTH_TIMEOUT says otherwise (service/sidecar_wait.py), then fails with one line."""
     from dapr.clients.http.helpers import get_api_url
 
+    check_dapr_environment()
     os.environ.setdefault("DAPR_HEALTH_TIMEOUT", SIDECAR_WAIT_S)
+    wait_for_sidecar(get_api_url(), float(os.environ["DAPR_HEALTH_TIMEOUT"]))
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # the SDK's own health lines
             return connect()
-    except TimeoutError as exc:
+    except TimeoutError as exc:  # healthy a moment ago, gone now
         raise ClassifierError(
             ErrorKind.UNAVAILABLE,
-            f"no Dapr sidecar answered at {get_api_url()} within {os.environ['DAPR_HEALTH_TIMEOUT']} s: "
-            "start one with `dapr run`, or point DAPR_HTTP_PORT and DAPR_GRPC_PORT at yours",
+            f"the Dapr sidecar at {get_api_url()} stopped answering: is it still running?",
         ) from exc
 
 
@@ -287,7 +323,7 @@ def _announce(kind: str, name: str, version: int) -> None:
 
 def _models_put(args: argparse.Namespace, settings: Settings) -> int:
     model = _read(args.model)
-    labels = parse_labels(_read(args.labels).decode("utf-8")) if args.labels else None
+    labels = parse_labels(_text(args.labels, "--labels")) if args.labels else None
     store = _store(settings)
     guest, template = _model_guest(args, store)
     manifest = store.put(
@@ -324,13 +360,19 @@ def _models_set_guest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_manifests(manifests: Sequence[Any], as_json: bool, line: Callable[[Any], str]) -> int:
-    """`models list` / `guests list`: JSON, or one tab-separated line each."""
+def _print_manifests(
+    manifests: Sequence[Any], as_json: bool, line: Callable[[Any], str], kind: str, settings: Settings
+) -> int:
+    """`models list` / `guests list`: JSON, or one tab-separated line each (none: a note on stderr)."""
     if as_json:
         print(json.dumps([m.to_dict() for m in manifests], indent=2))
     else:
         for manifest in manifests:
             print(line(manifest))
+    if not manifests and not as_json:
+        serve = ServeSettings.from_env()
+        where = f"the Dapr state store {serve.state_store!r}" if serve.dapr else str(settings.store_dir)
+        print(f"no {kind} in {where}: store one with `classifier {kind} put`", file=sys.stderr)
     return 0
 
 
@@ -343,7 +385,7 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
             f"\t{_guest_note(m)}"
         )
 
-    return _print_manifests(_store(settings).list_models(), args.json, line)
+    return _print_manifests(_store(settings).list_models(), args.json, line, "models", settings)
 
 
 def _models_rm(args: argparse.Namespace, settings: Settings) -> int:
@@ -371,7 +413,7 @@ def _guests_list(args: argparse.Namespace, settings: Settings) -> int:
         template = shlex.join(m.args) if m.args is not None else "(default interface)"
         return f"{m.name}\tv{m.version}\t{m.size} bytes\t{m.sha256[:12]}\t{template}"
 
-    return _print_manifests(_store(settings).list_guests(), args.json, line)
+    return _print_manifests(_store(settings).list_guests(), args.json, line, "guests", settings)
 
 
 def _guests_rm(args: argparse.Namespace, settings: Settings) -> int:
@@ -387,7 +429,26 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     serve_settings = ServeSettings.from_env()
     if args.port is not None:
         serve_settings = replace(serve_settings, port=args.port)
-    return serve(settings, serve_settings)
+    try:
+        _check_port_free(serve_settings.listen_address, serve_settings.port)
+        return serve(settings, serve_settings)
+    except OSError as exc:
+        if not str(exc).startswith("cannot listen"):
+            raise
+        raise ClassifierError(  # the port is in use, or not ours to bind
+            ErrorKind.UNAVAILABLE, f"{exc}: choose another port with --port or APP_PORT"
+        ) from exc
+
+
+def _check_port_free(address: str, port: int) -> None:
+    """Said before gRPC tries the port (its own failure comes with a log line of its core's)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            raise OSError(f"cannot listen on {address}:{port}: {exc.strerror}") from exc
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -419,7 +480,7 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
                     http_verb="POST",
                     http_querystring=query or None,
                 )
-                print(json.dumps({"image": str(image), **json.loads(response.data)}))
+                print(json.dumps({"image": str(image), **_json_answer(response.data)}))
             except Exception as exc:  # one line per failed image, then the next image
                 failed += 1
                 print(f"classifier: {image}: {_call_error(exc)}", file=sys.stderr)
@@ -502,6 +563,12 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     from .pipeline import Classifier  # imported here: the other commands need no guest
 
     guest_wasm = None
+    check_name(args.model)
+    if args.guest_args is not None and not args.guest and settings.guest is None:
+        raise invalid_argument(
+            "--guest-args: the embedded guest takes no args template; give it with a command-style "
+            "guest, --guest FILE.wasm"
+        )
     if args.guest_args is not None:
         settings = replace(settings, guest_args=parse_template(args.guest_args))
     if args.guest:  # a .wasm file, or a stored or shipped guest's name, as CLASSIFIER_GUEST
@@ -518,6 +585,7 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     # --guest runs every image, whatever guest the model names.
     classifier = Classifier(settings, guest_wasm=guest_wasm, guest_overrides_models=bool(args.guest))
     failed = 0
+    worker = ThreadPoolExecutor(1, thread_name_prefix="guest")
     try:
         try:
             classifier.model(args.model)  # an unknown model fails once, before any image
@@ -534,7 +602,11 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
             ) from exc
         for image in args.images:
             try:
-                response = classifier.classify(_read(image), args.model, args.top_k)
+                response = _interruptible(
+                    functools.partial(classifier.classify, _read(image), args.model, args.top_k),
+                    classifier.host,
+                    worker,
+                )
             except ClassifierError as exc:
                 failed += 1
                 if args.json:
@@ -546,6 +618,7 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 print(f"{image}: {_summary(response)}")
     finally:
+        worker.shutdown()
         classifier.close()
     return 1 if failed else 0
 
@@ -555,6 +628,11 @@ def _named_guest(settings: Settings, reference: str) -> GuestSource:
     reads models there too), or a shipped one."""
     from .stores.local import LocalStore
 
+    if not reference.endswith(".wasm") and (os.sep in reference or Path(reference).is_file()):
+        raise invalid_argument(
+            f"--guest {reference!r}: a guest file's name ends in .wasm (anything else is a stored or "
+            "shipped guest's name); rename it, or store it with `classifier guests put NAME FILE.wasm`"
+        )
     try:
         return resolve_guest(reference, LocalStore(settings.store_dir))
     except ClassifierError as exc:
@@ -581,19 +659,19 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
         call = GuestCall(
             limits=replace(settings.limits, timeout_s=args.timeout),
             named_graphs={
-                name: load_graph(_read(path), encoding, settings.interpreter_threads)
+                name: _preload(name, encoding, path, settings.interpreter_threads)
                 for name, encoding, path in map(_parse_preload, args.nn_preload)
             },
             graph_cache=GraphCache(num_threads=settings.interpreter_threads),
         )
-        result = host.run(
-            guest,
-            args.args,
-            call=call,
-            preopens=[_parse_dir(spec) for spec in args.dir],
-            env=[_parse_env(pair) for pair in args.env],
-            inherit_stdio=True,
-        )
+        preopens = [_parse_dir(spec) for spec in args.dir]
+        env = [_parse_env(pair) for pair in args.env]
+        with ThreadPoolExecutor(1, thread_name_prefix="guest") as worker:
+            result = _interruptible(
+                lambda: host.run(guest, args.args, call=call, preopens=preopens, env=env, inherit_stdio=True),
+                host,
+                worker,
+            )
     finally:
         host.close()
     for note in result.call.notes:
@@ -603,6 +681,24 @@ def _wasm_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"classifier: guest trapped: {reason}", file=sys.stderr)
         return EXIT_TRAP
     return result.exit_code or 0
+
+
+def _interruptible(run_guest: Callable[[], _T], host: WasmHost, worker: ThreadPoolExecutor) -> _T:
+    """`run_guest()` on the worker thread: Python takes Ctrl-C in the main thread only, and only
+    between bytecodes, never while wasm runs. On Ctrl-C the guest is interrupted (its deadline
+    made to pass) and KeyboardInterrupt goes on up (exit 130). One worker for a command's runs:
+    LiteRT's interpreters are kept per thread."""
+    future = worker.submit(run_guest)
+    try:
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except FutureTimeout:
+                continue
+    except KeyboardInterrupt:
+        host.interrupt()
+        wait_for_futures([future])
+        raise
 
 
 def _parse_preload(spec: str) -> tuple[str, Encoding, Path]:
@@ -624,6 +720,15 @@ def _parse_preload(spec: str) -> tuple[str, Encoding, Path]:
             f"--nn-preload {spec!r}: the {encoding.value} backend does not run on {target_name}"
         )
     return name, encoding, Path(path)
+
+
+def _preload(name: str, encoding: Encoding, path: Path, threads: int) -> Graph:
+    try:
+        return load_graph(read_input(path, f"--nn-preload {name}:"), encoding, threads)
+    except ValueError as exc:  # the backend's word for a file it cannot load
+        raise invalid_argument(
+            f"--nn-preload {name}: {path}: {exc}; give a {encoding.value} model file"
+        ) from exc
 
 
 # WasmEdge's encoding names (and the short one for TFLite) -> the backends' encodings.
@@ -648,7 +753,28 @@ def _parse_env(pair: str) -> tuple[str, str]:
 
 
 def _read(path: Path) -> bytes:
+    return read_input(path)
+
+
+def _text(path: Path, what: str) -> str:
     try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise not_found(f"cannot read {path}: {exc.strerror}") from exc
+        return read_input(path, what).decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid_argument(
+            f"{what} {path}: not UTF-8 text; give a text file, one label per line"
+        ) from None
+
+
+def _json_answer(data: bytes) -> dict[str, Any]:
+    """The service's JSON answer, passed on by the sidecar; anything else is not from this service."""
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ClassifierError(
+            ErrorKind.UNAVAILABLE,
+            f"the answer is not the service's JSON ({data[:60]!r}): is DAPR_HTTP_PORT a Dapr sidecar's, "
+            "and --app-id this service's?",
+        )
+    return answer

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,13 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 from google.protobuf import any_pb2, empty_pb2
 
+from .command_input import read_input
 from .config import ServeSettings, Settings
+from .errors import ClassifierError
+from .stores.local import LocalStore
 
 START_TIMEOUT_S = 60.0
+PROGRESS_EVERY_S = 5.0
 
 
 def free_port() -> int:
@@ -71,6 +76,17 @@ def invoke_request(image: bytes, model: str, top_k: int) -> common_pb2.InvokeReq
 def run_demo(
     settings: Settings, images: list[Path], model: str, top_k: int, ui_port: int | None = None
 ) -> int:
+    # What cannot work is said before anything starts: a server waiting for a model that is not
+    # stored would wait the whole START_TIMEOUT_S.
+    bodies = [read_input(image) for image in images]
+    try:
+        LocalStore(settings.store_dir).manifest(model)
+    except ClassifierError as exc:
+        raise ClassifierError(
+            exc.kind,
+            f"{exc.message}: store it with `classifier models put {model} MODEL.tflite`, "
+            "or see `classifier models list`",
+        ) from exc
     server, port = start_serve(
         {"CLASSIFIER_STORE": str(settings.store_dir), "CLASSIFIER_MODELS": model},
         stderr=subprocess.PIPE,
@@ -81,12 +97,12 @@ def run_demo(
     server_failed = False
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait_healthy(channel, server, port)
+            wait_healthy(channel, server, port, progress=_say_waiting)
             print("healthy; classifying through OnInvoke, as daprd would")
             app = appcallback_pb2_grpc.AppCallbackStub(channel)
-            for image in images:
+            for image, body in zip(images, bodies, strict=True):
                 try:
-                    response = app.OnInvoke(invoke_request(image.read_bytes(), model, top_k), timeout=30)
+                    response = app.OnInvoke(invoke_request(body, model, top_k), timeout=30)
                     print(f"{image}: {_summary(json.loads(response.data.value))}")
                 except grpc.RpcError as exc:
                     failed += 1
@@ -108,16 +124,41 @@ def run_demo(
     return 1 if failed or server_failed or code != 0 else 0
 
 
+def _say_waiting(waited_s: float) -> None:
+    print(
+        "classifier demo: waiting for classifier serve to become healthy "
+        f"({waited_s:.0f}/{START_TIMEOUT_S:g} s; Ctrl-C to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def wait_healthy(
-    channel: grpc.Channel, server: subprocess.Popen[Any], port: int, timeout_s: float = START_TIMEOUT_S
+    channel: grpc.Channel,
+    server: subprocess.Popen[Any],
+    port: int,
+    timeout_s: float = START_TIMEOUT_S,
+    progress: Callable[[float], None] | None = None,
 ) -> None:
     """As daprd does: wait until the app port accepts a TCP connection, list the
-    subscriptions, then poll the health check until it passes."""
-    deadline = time.monotonic() + timeout_s
+    subscriptions, then poll the health check until it passes. `progress(waited_s)` is
+    called every PROGRESS_EVERY_S while waiting."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    next_progress = started + PROGRESS_EVERY_S
+
+    def still_waiting() -> None:
+        nonlocal next_progress
+        now = time.monotonic()
+        if progress is not None and now >= next_progress:
+            progress(now - started)
+            next_progress = now + PROGRESS_EVERY_S
+
     # Connecting first keeps the gRPC channel out of its reconnect backoff (~1 s after a
     # refused connection), which would otherwise be timed as start-up.
     while not _accepts_connections(port):
         _check_running(server)
+        still_waiting()
         if time.monotonic() >= deadline:
             raise RuntimeError(f"classifier serve did not listen on port {port} within {timeout_s:g} s")
         time.sleep(0.02)
@@ -130,6 +171,7 @@ def wait_healthy(
     listed = False
     while time.monotonic() < deadline:
         _check_running(server)
+        still_waiting()
         try:
             if not listed:
                 app.ListTopicSubscriptions(empty_pb2.Empty(), timeout=1)

@@ -608,7 +608,8 @@ def test_cli_without_a_sidecar_fails_in_one_line(command: str, tmp_path: Path) -
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
     assert done.stdout == "", done.stdout
     assert errors == [
-        f"classifier: no Dapr sidecar answered at http://127.0.0.1:{http_port}/v1.0 within 5 s: "
+        f"classifier: no Dapr sidecar answered at http://127.0.0.1:{http_port}/v1.0 within 5 s "
+        "(Connection refused): "
         "start one with `dapr run`, or point DAPR_HTTP_PORT and DAPR_GRPC_PORT at yours"
     ], done.stderr
     assert elapsed < 40, elapsed  # not the SDK's 60 s (the wait itself is 5 s)

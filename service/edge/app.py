@@ -111,7 +111,10 @@ class ClassifierService:
 
     def start(self) -> int:
         """Start serving (not yet healthy) and begin start-up in the background; the port."""
-        self.port = self._server.add_insecure_port(f"{self.serve.listen_address}:{self.serve.port}")
+        try:
+            self.port = self._server.add_insecure_port(f"{self.serve.listen_address}:{self.serve.port}")
+        except RuntimeError:  # grpc's way of saying the address is taken or cannot be bound
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {self.serve.listen_address}:{self.serve.port}")
         self._server.start()

@@ -242,6 +242,10 @@ class StoredGuest:
 def prepare_guest(name: str, wasm: bytes, args: tuple[str, ...] | None, version: int) -> GuestManifest:
     """Validate a guest before any store keeps it."""
     check_name(name)
+    if not wasm.startswith(b"\0asm"):
+        raise invalid_argument(
+            f"{name}: not a valid wasm module: it does not start with \\0asm (give a .wasm file)"
+        )
     try:
         wasmtime.Module.validate(wasmtime.Engine(), wasm)
     except wasmtime.WasmtimeError as exc:

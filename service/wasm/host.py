@@ -30,6 +30,8 @@ from . import image, legacy_image, tensorflow, tensorflowlite, wasi_nn, wasi_pol
 from .call import GuestCall, running
 from .wasmtime_capi import capture_output, forget_output, set_stdin_bytes
 
+WASM_MAGIC = b"\0asm"
+NOT_WASM = "not a valid wasm module: it does not start with \\0asm (give a .wasm file built for wasm32-wasi)"
 EPOCH_TICK_S = 0.01  # 5-10 ms ticks cost nothing measurable and keep deadlines accurate
 
 
@@ -136,7 +138,16 @@ class WasmHost:
             host_module.define(self.linker)
         self._guests: dict[str, Guest] = {}
         self._lock = threading.Lock()
+        self._latest_deadline = 0.0  # of every run so far: how far interrupt() must move the epoch
         self._ticker = _EpochTicker(self.engine, EPOCH_TICK_S)
+
+    def interrupt(self) -> None:
+        """Make every run on this host pass its deadline now (Ctrl-C on the command line): the
+        engine's epoch, which other threads may advance, moved past the latest deadline."""
+        with self._lock:
+            ticks = math.ceil(max(self._latest_deadline - time.monotonic(), 0.0) / EPOCH_TICK_S) + 2
+        for _ in range(ticks):
+            self.engine.increment_epoch()
 
     def close(self) -> None:
         self._ticker.stop()
@@ -166,7 +177,10 @@ class WasmHost:
             wasm = Path(path).read_bytes()
         except OSError as exc:
             raise ClassifierError(ErrorKind.NOT_FOUND, f"cannot read guest {path}: {exc.strerror}") from exc
-        return self.load_guest(wasm, Path(path).name)
+        try:
+            return self.load_guest(wasm, Path(path).name)
+        except ClassifierError as exc:
+            raise ClassifierError(exc.kind, f"the guest {path}: {exc.message}") from exc
 
     def _module(self, wasm: bytes, digest: str) -> wasmtime.Module:
         cached = self.cache_dir / f"{digest}-{self.fingerprint}.cwasm" if self.cache_dir else None
@@ -175,6 +189,8 @@ class WasmHost:
                 return wasmtime.Module.deserialize_file(self.engine, str(cached))
             except wasmtime.WasmtimeError:
                 cached.unlink(missing_ok=True)  # stale or corrupt: compile again
+        if not wasm.startswith(WASM_MAGIC):  # else wasmtime reads it as WAT text: a puzzling error
+            raise ClassifierError(ErrorKind.INVALID_ARGUMENT, NOT_WASM)
         try:
             module = wasmtime.Module(self.engine, wasm)
         except wasmtime.WasmtimeError as exc:
@@ -204,6 +220,8 @@ class WasmHost:
         store.set_limits(memory_size=call.limits.memory_bytes)
         time_left = max(call.deadline - time.monotonic(), 0.0)
         store.set_epoch_deadline(math.ceil(time_left / EPOCH_TICK_S) + 1)
+        with self._lock:
+            self._latest_deadline = max(self._latest_deadline, call.deadline)
 
         wasi = wasmtime.WasiConfig()
         wasi.argv = [guest.name, *args]

@@ -121,7 +121,7 @@ def test_list_and_remove(store: Store) -> None:
         with pytest.raises(ClassifierError) as exc:
             call()
         assert error_kind(exc) == ErrorKind.NOT_FOUND
-    assert store.put("b", BIRDS).version >= 1  # the name can be used again
+    assert store.put("b", BIRDS).version == 1  # the name can be used again, from the start
 
 
 @pytest.mark.parametrize(
@@ -214,6 +214,70 @@ def test_damaged_bytes_on_disk_are_never_handed_out(store: Store) -> None:
     assert store.get("birds").model_path.read_bytes() == BIRDS
     assert store.put_guest("logic", GUEST).version in (1, 2)
     assert store.get_guest("logic").wasm == GUEST
+
+
+# -- what only the local store has: its directory layout --------------------------------------
+
+
+def test_local_store_layout_is_what_its_docstring_says(tmp_path: Path) -> None:
+    """Operators and the image's cache volume rely on this layout (service/stores/local.py)."""
+    store = LocalStore(tmp_path)
+    store.put("birds", BIRDS, BIRDS_LABELS)
+    store.put_guest("logic", GUEST)
+    assert (tmp_path / "models" / "birds" / "current").read_text() == "1\n"
+    assert sorted(p.name for p in (tmp_path / "models" / "birds" / "1").iterdir()) == [
+        "labels.txt",
+        "manifest.json",
+        "model.tflite",
+    ]
+    assert (tmp_path / "guests" / "logic" / "current").read_text() == "1\n"
+    assert sorted(p.name for p in (tmp_path / "guests" / "logic" / "1").iterdir()) == [
+        "guest.wasm",
+        "manifest.json",
+    ]
+    assert not [p for p in tmp_path.rglob(".staging-*")]  # nothing half-written is left
+
+
+def test_local_store_keeps_the_current_version_and_the_one_before(tmp_path: Path) -> None:
+    """A request that started on the previous version still reads its files; older ones go."""
+    store = LocalStore(tmp_path)
+    for labels in (
+        BIRDS_LABELS,
+        [label.upper() for label in BIRDS_LABELS],
+        [label.lower() for label in BIRDS_LABELS],
+    ):
+        store.put("birds", BIRDS, labels)
+    assert sorted(p.name for p in (tmp_path / "models" / "birds").iterdir()) == ["2", "3", "current"]
+
+
+def test_local_store_not_found_names_the_kind_and_the_store(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for call, kind in ((lambda: store.get("nosuch"), "model"), (lambda: store.get_guest("nosuch"), "guest")):
+        with pytest.raises(ClassifierError) as exc:
+            call()
+        assert (exc.value.kind, exc.value.message) == (
+            ErrorKind.NOT_FOUND,
+            f"{kind} 'nosuch' not found in {tmp_path}",
+        )
+    store.put("birds", BIRDS)
+    store.remove("birds")  # its directory is gone, not only its `current`
+    with pytest.raises(ClassifierError) as removed:
+        store.get("birds")
+    assert removed.value.message == f"model 'birds' not found in {tmp_path}"
+
+
+def test_an_unlabelled_model_put_twice_is_stored_once(store: Store) -> None:
+    unlabelled = (MODELS / "mnist_lstm_uint8" / "model.tflite").read_bytes()  # no labels given or inside
+    first = store.put("plain", unlabelled)
+    assert not first.has_labels
+    again = store.put("plain", unlabelled)
+    assert again.unchanged and again.version == 1
+
+
+def test_guest_upload_progress_reaches_the_total(store: Store) -> None:
+    seen: list[tuple[int, int]] = []
+    store.put_guest("logic", GUEST, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1] == (seen[-1][1], seen[-1][1]) and seen[-1][1] >= len(GUEST)
 
 
 # -- what only the Dapr store has: chunks, the disk cache, an unreachable sidecar -------------

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import io
 import json
-import logging
 import os
 import shlex
 import sys
@@ -17,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import logs
 from .config import ServeSettings, Settings
 from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
 from .guest_args import parse_template
@@ -305,8 +305,8 @@ def _guests_rm(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from .edge.app import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_settings = ServeSettings.from_env()
+    logs.configure(serve_settings.log_format)
     if args.port is not None:
         serve_settings = replace(serve_settings, port=args.port)
     return serve(settings, serve_settings)

@@ -308,6 +308,11 @@ def _cloudevent_from_publish(
         event["data_base64"] = base64.b64encode(request.data).decode()
     else:
         event["data"] = _go_string(request.data)
+    # The publisher's trace overrides, as daprd's NewCloudEvent takes them (pkg/runtime/pubsub/cloudevents.go).
+    if metadata.get("cloudevent.traceparent"):
+        event["traceid"] = event["traceparent"] = metadata["cloudevent.traceparent"]
+    if metadata.get("cloudevent.tracestate"):
+        event["tracestate"] = metadata["cloudevent.tracestate"]
     return event, None
 
 
@@ -872,9 +877,8 @@ class FakeDaprd:
             delivery = Delivery("RETRY", 0, dead, last_error=undeliverable)
         else:
             try:
-                event = _event_for_app(
-                    cloudevent, published.pubsub, published.topic, _traceparent(), published
-                )
+                traceparent = str(cloudevent.get("traceparent") or _traceparent())
+                event = _event_for_app(cloudevent, published.pubsub, published.topic, traceparent, published)
             except (binascii.Error, ValueError) as error:
                 # A bad data_base64 fails inside the delivery (subscriptions.go:354-368), so the
                 # resiliency policy retries it, then it is dead-lettered (subscription.go:358-405).

@@ -46,5 +46,11 @@ def configure(log_format: str) -> None:
 
 
 def request_line(fields: dict[str, Any]) -> str:
-    """The text of a request's line: `key=value` pairs in a fixed order."""
-    return " ".join(f"{key}={value}" for key, value in fields.items() if value not in (None, ""))
+    """The text of a request's line: `key=value` pairs in their order, a value with spaces or
+    quotes as a JSON string; empty ones left out."""
+    return " ".join(f"{key}={_text(value)}" for key, value in fields.items() if value not in (None, ""))
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ' "=') else text

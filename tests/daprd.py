@@ -308,7 +308,7 @@ def _cloudevent_from_publish(
         event["data_base64"] = base64.b64encode(request.data).decode()
     else:
         event["data"] = _go_string(request.data)
-    # The publisher's trace overrides, as daprd's NewCloudEvent takes them (pkg/runtime/pubsub/cloudevents.go).
+    # The publisher's trace overrides, as daprd takes them (pkg/runtime/pubsub/cloudevents.go).
     if metadata.get("cloudevent.traceparent"):
         event["traceid"] = event["traceparent"] = metadata["cloudevent.traceparent"]
     if metadata.get("cloudevent.tracestate"):

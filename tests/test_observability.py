@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from build import compile_guest
 from conftest import IMAGES, MODELS
 from dapr.clients import DaprClient
 from daprd import FakeDaprd
@@ -81,16 +82,15 @@ def request_lines(service: ServiceProcess) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def observed(
-    tmp_path_factory: pytest.TempPathFactory, test_guests: dict[str, Path]
-) -> Iterator[ServiceProcess]:
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     workdir = tmp_path_factory.mktemp("observed")
+    guest = compile_guest(ROOT / "wasm" / "testguests" / "hostile.c", workdir / "hostile.wasm")
     daprd = new_daprd()
     upload(daprd, workdir, "birds", "aiy_birds_v1")
     service = ServiceProcess(
         daprd,
         workdir,
-        CLASSIFIER_GUEST=str(test_guests["hostile"]),
+        CLASSIFIER_GUEST=str(guest),
         CLASSIFIER_WORKERS=str(WORKERS),
         CLASSIFIER_TIMEOUT_S="1",
         CLASSIFIER_MAX_MESSAGE_MB="4",

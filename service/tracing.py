@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,18 @@ def continue_trace(*carriers: Mapping[str, Any]) -> TraceContext:
             tracestate = str(carrier.get("tracestate") or "")
             return TraceContext(trace_id, secrets.token_hex(8), parent_id, flags, tracestate)
     return TraceContext(secrets.token_hex(16), secrets.token_hex(8))
+
+
+def event_trace(delivery: TraceContext, extensions: Mapping[str, Any]) -> TraceContext:
+    """An event's trace: daprd's delivery span (the call's metadata, with its tracing on), else
+    the CloudEvent's (the publisher's). daprd's span keeps no tracestate: the CloudEvent's is used."""
+    if not delivery.parent_id:
+        return continue_trace(extensions)
+    if not delivery.tracestate and extensions.get("tracestate"):
+        parsed = parse_traceparent(str(extensions.get("traceparent") or ""))
+        if parsed is not None and parsed[0] == delivery.trace_id:
+            return replace(delivery, tracestate=str(extensions["tracestate"]))
+    return delivery
 
 
 def publish_metadata(trace: TraceContext) -> dict[str, str]:

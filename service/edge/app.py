@@ -48,7 +48,7 @@ from ..pipeline import DEFAULT_TOP_K, Classifier, Outcome
 from ..stores.base import Store
 from ..stores.dapr import DaprStore
 from ..stores.local import LocalStore
-from ..tracing import SpanExporter, TraceContext, continue_trace, publish_metadata
+from ..tracing import SpanExporter, TraceContext, event_trace, publish_metadata
 from ..watcher import Watcher
 from .calls import EdgeInterceptor, current_call
 from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
@@ -363,8 +363,7 @@ class ClassifierService:
         started = time.perf_counter()
         started_ns = time.time_ns()
         call = current_call()
-        # daprd's own span (metadata, with its tracing on), else the publisher's (the CloudEvent's).
-        trace = call.trace if call.trace.parent_id else continue_trace(message.extensions())
+        trace = event_trace(call.trace, message.extensions())
         self.metrics.inflight.inc()
         answer, outcome = "retry", Outcome(error=ClassifierError(ErrorKind.INTERNAL, "internal error"))
         try:

@@ -297,8 +297,11 @@ class ClassifierService:
             outcome.error = ClassifierError(ErrorKind.INTERNAL, f"internal error: {exc}")
             raise
         finally:
-            self._finish("invoke", outcome, call.trace, started, started_ns)
             self.metrics.inflight.dec()
+            self._finish("invoke", outcome, call.trace, started, started_ns)
+            # A raised error's traceback holds this frame: without the outcome, which holds the
+            # error, there is no cycle keeping the request's body alive until the GC runs.
+            del outcome
         if request.is_proto():
             return to_proto(response)  # the SDK packs it into an Any
         if classify_request.protobuf:
@@ -369,9 +372,9 @@ class ClassifierService:
         try:
             answer, outcome = self._answer_image(message, trace)
         finally:
-            self._finish("pubsub", outcome, trace, started, started_ns, event=message.id(), answer=answer)
-            self.metrics.event(self.serve.images_topic, answer)
             self.metrics.inflight.dec()
+            self.metrics.event(self.serve.images_topic, answer)
+            self._finish("pubsub", outcome, trace, started, started_ns, event=message.id(), answer=answer)
         return TopicEventResponse(answer)
 
     def _answer_image(self, message: SubscriptionMessage, trace: TraceContext) -> tuple[str, Outcome]:
@@ -387,7 +390,7 @@ class ClassifierService:
             outcome = self.run(request)
             result = outcome.result()
         except ClassifierError as exc:
-            outcome.error = exc
+            outcome.error = exc.with_traceback(None)  # its frames hold `outcome`: no cycle
             if exc.kind in TRANSIENT:
                 return "retry", outcome  # daprd redelivers per components/resiliency.yaml
             # The requester learns why; daprd sends the event itself to the dead-letter topic.

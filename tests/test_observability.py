@@ -329,7 +329,9 @@ def test_the_scrape_config_targets_the_metrics_port_and_path() -> None:
     port = ServeSettings().metrics_port
     assert port == 9464
     assert re.findall(r"metrics_path: (\S+)", config) == ["/metrics", "/metrics"]
-    assert f'targets: ["127.0.0.1:{port}"]' in config and f'replacement: "$1:{port}"' in config
+    assert f'targets: ["127.0.0.1:{port}"]' in config
+    # Kubernetes: the pods' container port named `metrics` (deploy/kubernetes declares it as 9464).
+    assert "regex: metrics" in config and "__meta_kubernetes_pod_container_port_name" in config
 
 
 def test_the_readme_lists_every_metric_the_service_exposes(observed: ServiceProcess) -> None:

@@ -53,4 +53,4 @@ def request_line(fields: dict[str, Any]) -> str:
 
 def _text(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if any(c in text for c in ' "=') else text
+    return json.dumps(text) if " " in text or '"' in text or "=" in text else text

@@ -72,6 +72,7 @@ def test_the_trace_daprd_sends_reaches_the_result_event_and_the_log(tmp_path: Pa
             30,
             lambda: f"two request lines with trace {trace_id}:\n{app.log()[-3000:]}",
         )
+        assert "outcome=not_found" in app.log() and "error=\"model 'nosuch' not found" in app.log()
 
         # Pub/sub: published with the caller's traceparent; the result event continues that trace.
         event_trace = secrets.token_hex(16)

@@ -487,6 +487,7 @@ def test_spans_per_stage_reach_an_otlp_receiver(receiver: tuple[Receiver, int], 
         # The text log's line for the request names the same trace.
         line = next(line for line in service.log().splitlines() if " classify transport=invoke" in line)
         assert f"trace_id={trace_id}" in line and "outcome=ok" in line and "model=birds" in line
+        assert "metrics on" not in service.log()  # CLASSIFIER_METRICS_PORT=0 (the harness's): no /metrics
         assert service.terminate() == 0
     finally:
         if service is not None:

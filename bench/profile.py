@@ -14,12 +14,17 @@ Four parts, cases interleaved:
   grpc        the floor under the service case: OnInvoke on an AppCallback server whose
               handler does nothing (grpcio, another process, as in `python -m bench`),
               with an empty body and with the image as the body
+  observability  what the edge adds to each request to observe it (issue 13): the trace
+              context from the call's metadata, and `_finish` (metrics, the log line; OTLP
+              export off) on a real Outcome; target under 50 us in all
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -34,11 +39,14 @@ import wasmtime
 from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 
-from service.config import Settings
+from service.config import ServeSettings, Settings
 from service.default_guest import MODEL_DIR_IN_GUEST
 from service.demo import invoke_request
-from service.pipeline import Classifier
+from service.edge.app import ClassifierService
+from service.logs import TEXT_FORMAT, JsonFormatter
+from service.pipeline import Classifier, Outcome
 from service.stores.local import LocalStore
+from service.tracing import continue_trace
 from service.wasm.call import GuestCall
 from service.wasm.host import Guest, Preopen
 
@@ -48,6 +56,8 @@ sys.path.insert(0, str(ROOT / "wasm"))
 from build import compile_guest
 
 HOST_CALLS = 100  # per run of the host-call case
+RECORDS = 200  # requests recorded per run of an observability case
+OBSERVABILITY_TARGET_MS = 0.050
 
 
 def median_ms(samples: list[float]) -> float:
@@ -133,6 +143,58 @@ def grpc_floor(image: bytes, model: str, runs: int) -> dict[str, float]:
         server.wait()
 
 
+def observability_costs(outcome: Outcome, runs: int) -> dict[str, float]:
+    """The edge's cost per request of observing it, on a real Outcome (log lines to /dev/null)."""
+    service = ClassifierService(Settings(), ServeSettings(port=0, metrics_port=0))
+    metadata = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "a=b"}
+    sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (closed below)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:], root.level = [sink], logging.INFO
+
+    def per_request(record: Callable[[], None]) -> Callable[[], float]:
+        def run() -> float:
+            started = time.perf_counter()
+            for _ in range(RECORDS):
+                record()
+            return (time.perf_counter() - started) / RECORDS
+
+        return run
+
+    def finish(formatter: logging.Formatter) -> Callable[[], None]:
+        def record() -> None:
+            sink.setFormatter(formatter)
+            trace = continue_trace(metadata)
+            service.metrics.inflight.inc()
+            service._finish("invoke", outcome, trace, time.perf_counter(), time.time_ns())
+            service.metrics.inflight.dec()
+
+        return record
+
+    try:
+        return interleaved(
+            {
+                "trace context from the call's metadata": per_request(
+                    lambda: _discard(continue_trace(metadata))
+                ),
+                "metrics only (Metrics.record)": per_request(
+                    lambda: service.metrics.record("invoke", outcome, 0.0123)
+                ),
+                "all of it, text log line": per_request(finish(logging.Formatter(TEXT_FORMAT))),
+                "all of it, JSON log line": per_request(finish(JsonFormatter())),
+            },
+            runs,
+        )
+    finally:
+        root.handlers[:], root.level = saved
+        sink.close()
+        service.stop(grace_s=0)
+
+
+def _discard(_: object) -> None:
+    pass
+
+
 def profile(smoke: bool, out_dir: Path) -> dict:
     runs = 3 if smoke else 200
     work = Path(tempfile.mkdtemp(prefix="classifier-profile-"))
@@ -186,6 +248,7 @@ def profile(smoke: bool, out_dir: Path) -> dict:
             },
             "default_guest_overhead_ms": default,
             "grpc_floor_ms": grpc_floor(image, birds.name, runs),
+            "observability_ms": observability_costs(classifier.run(image, birds.name, TOP_K), runs),
         }
     finally:
         classifier.close()
@@ -210,11 +273,20 @@ def print_profile(results: dict) -> None:
         ("the default guest's overhead (run minus decode and invoke), aiy_birds_v1 + bird.jpg",
          "default_guest_overhead_ms"),
         ("the gRPC floor: an AppCallback server that does nothing, in another process", "grpc_floor_ms"),
+        ("observing a request at the edge (per request; OTLP export off)", "observability_ms"),
     ]  # fmt: skip
     for title, key in sections:
+        if key not in results:  # recorded before the section existed
+            continue
         print(f"\n{title}")
         for name, ms in results[key].items():
             print(f"  {name:52s} {cost(ms)}")
+    observing = results.get("observability_ms", {})
+    if observing and not results.get("smoke"):
+        worst = max(observing["all of it, text log line"], observing["all of it, JSON log line"])
+        verdict = "met" if worst < OBSERVABILITY_TARGET_MS else "MISSED"
+        target_us = OBSERVABILITY_TARGET_MS * 1000
+        print(f"  target: under {target_us:.0f} us per request: {verdict} ({worst * 1000:.1f} us)")
 
 
 @interruptible

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import logs
 from .command_input import read_input
 from .config import ServeSettings, Settings
 from .errors import ClassifierError, ErrorKind, invalid_argument
@@ -425,8 +426,8 @@ def _guests_rm(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from .edge.app import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_settings = ServeSettings.from_env()
+    logs.configure(serve_settings.log_format)
     if args.port is not None:
         serve_settings = replace(serve_settings, port=args.port)
     try:

@@ -48,6 +48,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _log_format(text: str) -> str:
+    if text not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return text
+
+
+LOG_FORMATS = ("text", "json")
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -142,6 +151,8 @@ class ServeSettings:
     shutdown_grace_s: float = 10.0  # SIGTERM: time for in-flight calls to finish
     app_api_token: str | None = None  # APP_API_TOKEN: calls must carry it as dapr-api-token
     image_url_allowlist: tuple[str, ...] = ()
+    metrics_port: int = 9464  # Prometheus /metrics on listen_address; 0: off
+    log_format: str = "text"  # or "json": one JSON object per line
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -167,6 +178,8 @@ class ServeSettings:
                 "shutdown_grace_s": ("CLASSIFIER_SHUTDOWN_GRACE_S", _non_negative_float),
                 "app_api_token": ("APP_API_TOKEN", str),
                 "image_url_allowlist": ("CLASSIFIER_IMAGE_URL_ALLOWLIST", _names),
+                "metrics_port": ("CLASSIFIER_METRICS_PORT", _port),
+                "log_format": ("CLASSIFIER_LOG_FORMAT", _log_format),
             },
         )
         values["dapr"] = bool(env.get("DAPR_GRPC_PORT") or env.get("DAPR_GRPC_ENDPOINT"))

@@ -46,6 +46,7 @@ def start_serve(
     """`classifier serve` on the embedded store (no sidecar), on a free port unless given."""
     port = port or free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DAPR_")}
+    environment.setdefault("CLASSIFIER_METRICS_PORT", "0")  # a demo needs no /metrics (nor port 9464)
     environment.update(env, APP_PORT=str(port))
     server = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=environment, **popen)
     return server, port

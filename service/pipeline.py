@@ -61,6 +61,7 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     model: str | None = None
     version: int = 0
+    trap: str | None = None  # the kind of trap the guest ended with (GuestResult.trap_reason)
 
     @property
     def code(self) -> str:
@@ -213,6 +214,7 @@ class Classifier:
             else:
                 result = self._run_command_guest(business, loaded, image, top_k, call)
             stages.end("guest")
+            outcome.trap = result.trap_reason
             host = call.host_seconds
             outcome.timings["decode"] = host.get("decode", 0.0)
             outcome.timings["inference"] = host.get("invoke", 0.0)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ClassifierError, ErrorKind
 from .inference.backend import Encoding, Graph, load_graph
@@ -60,6 +60,14 @@ class ModelStatus:
         }
 
 
+class ModelEvents(Protocol):
+    """Told of each version activated or refused (the service's metrics)."""
+
+    def model_activated(self, name: str, version: int) -> None: ...
+
+    def model_failed(self, name: str, version: int) -> None: ...
+
+
 class ModelRegistry:
     """Active model versions by name, loaded from a store. Thread-safe."""
 
@@ -70,6 +78,7 @@ class ModelRegistry:
         self._status: dict[str, ModelStatus] = {}
         self._lock = threading.Lock()  # guards the two dicts
         self._loading = threading.Lock()  # one load at a time: each costs a fetch and ~10 ms of CPU
+        self.events: ModelEvents | None = None
 
     def get(self, name: str) -> LoadedModel:
         """The active version, loading it from the store on first use."""
@@ -160,6 +169,8 @@ class ModelRegistry:
                 guest=loaded.stored.manifest.guest,
                 guest_args=loaded.stored.manifest.guest_args,
             )
+        if self.events is not None:
+            self.events.model_activated(loaded.name, loaded.version)
         if previous is None:
             log.info("model %s version %d loaded", loaded.name, loaded.version)
         else:
@@ -176,4 +187,6 @@ class ModelRegistry:
             status = self._status.setdefault(name, ModelStatus(name))
             status.error = message
             status.failed_version = version
+        if self.events is not None:
+            self.events.model_failed(name, version)
         log.error("model %s version %d not activated: %s", name, version, message)

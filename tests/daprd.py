@@ -308,6 +308,11 @@ def _cloudevent_from_publish(
         event["data_base64"] = base64.b64encode(request.data).decode()
     else:
         event["data"] = _go_string(request.data)
+    # The publisher's trace overrides, as daprd takes them (pkg/runtime/pubsub/cloudevents.go).
+    if metadata.get("cloudevent.traceparent"):
+        event["traceid"] = event["traceparent"] = metadata["cloudevent.traceparent"]
+    if metadata.get("cloudevent.tracestate"):
+        event["tracestate"] = metadata["cloudevent.tracestate"]
     return event, None
 
 
@@ -343,8 +348,11 @@ def _event_for_app(
     )
 
 
-def _traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+def _traceparent(parent: str = "") -> str:
+    """daprd's span for a call to the app (tracing on): a child of the caller's, or a new trace."""
+    parts = parent.split("-")
+    trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else secrets.token_hex(16)
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
 
 
 # --- Dapr API server ---------------------------------------------------------------------------------
@@ -872,9 +880,8 @@ class FakeDaprd:
             delivery = Delivery("RETRY", 0, dead, last_error=undeliverable)
         else:
             try:
-                event = _event_for_app(
-                    cloudevent, published.pubsub, published.topic, _traceparent(), published
-                )
+                traceparent = str(cloudevent.get("traceparent") or _traceparent())
+                event = _event_for_app(cloudevent, published.pubsub, published.topic, traceparent, published)
             except (binascii.Error, ValueError) as error:
                 # A bad data_base64 fails inside the delivery (subscriptions.go:354-368), so the
                 # resiliency policy retries it, then it is dead-lettered (subscription.go:358-405).
@@ -924,10 +931,12 @@ class FakeDaprd:
             if channel is not None:
                 channel.close()
 
-    def _app_metadata(self, token: str | _UseConfiguredToken | None) -> list[tuple[str, str]]:
+    def _app_metadata(
+        self, token: str | _UseConfiguredToken | None, caller_traceparent: str = ""
+    ) -> list[tuple[str, str]]:
         if isinstance(token, _UseConfiguredToken):
             token = self.app_api_token
-        metadata = [("traceparent", _traceparent())]
+        metadata = [("traceparent", _traceparent(caller_traceparent))]
         if token is not None:
             metadata.append(("dapr-api-token", token))
         return metadata
@@ -1074,9 +1083,10 @@ class FakeDaprd:
         caller_app_id: str,
     ) -> InvokeResult:
         _, invoke_channel = self._channels()
+        caller = dict(metadata or {})
         call_metadata = [
-            *(metadata or {}).items(),
-            *self._app_metadata(token),
+            *self._app_metadata(token, caller.pop("traceparent", "")),
+            *caller.items(),
             ("dapr-caller-app-id", caller_app_id),
             ("dapr-callee-app-id", self.app_id),
         ]
@@ -1172,9 +1182,14 @@ class FakeDaprd:
 
     def _call_on_topic_event(self, request: appcallback_pb2.TopicEventRequest) -> tuple[str, str]:
         app_channel, _ = self._channels()
+        # daprd's delivery span is a child of the event's trace (pkg/runtime/pubsub/subscriptions.go:389-405).
+        fields = request.extensions.fields
+        event_trace = fields["traceparent"].string_value if "traceparent" in fields else ""
         try:
             response = appcallback_pb2_grpc.AppCallbackStub(app_channel).OnTopicEvent(
-                request, metadata=self._app_metadata(CONFIGURED_TOKEN), timeout=self.app_call_timeout_s
+                request,
+                metadata=self._app_metadata(CONFIGURED_TOKEN, event_trace),
+                timeout=self.app_call_timeout_s,
             )
         except grpc.RpcError as error:
             described = f"{error.code().name}: {error.details()}"

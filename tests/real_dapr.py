@@ -384,6 +384,7 @@ class App:
             CLASSIFIER_POLL_S="0.5",
             CLASSIFIER_SHUTDOWN_GRACE_S="10",
             DAPR_HEALTH_TIMEOUT="60",
+            CLASSIFIER_METRICS_PORT="0",  # no fixed port shared by the tests' apps; a test may give one
         )
         environment.update(self.env)
         log = self.log_path.open("ab")
@@ -510,7 +511,12 @@ class Stack:
 
 @contextlib.contextmanager
 def stack(
-    workdir: Path, *, replicas: int = 1, persistent_redis: bool = False, **app_env: str
+    workdir: Path,
+    *,
+    replicas: int = 1,
+    persistent_redis: bool = False,
+    config_spec: str = "",  # more of the daprd Configuration's spec, e.g. its tracing
+    **app_env: str,
 ) -> Iterator[Stack]:
     workdir.mkdir(parents=True, exist_ok=True)
     dapr_install()
@@ -519,7 +525,7 @@ def stack(
         workdir,
         server,
         write_resources(workdir / "components", server.address),
-        write_config(workdir / "config.yaml", workdir / "nr.db"),
+        write_config(workdir / "config.yaml", workdir / "nr.db", extra_spec=config_spec),
     )
     try:
         for _ in range(replicas):

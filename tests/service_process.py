@@ -34,6 +34,7 @@ class ServiceProcess:
             CLASSIFIER_POLL_S="0.5",
             CLASSIFIER_SHUTDOWN_GRACE_S="10",
             DAPR_HEALTH_TIMEOUT="60",
+            CLASSIFIER_METRICS_PORT="0",  # no fixed port shared by the tests' apps; a test may give one
         )
         environment.update(env)
         self._log = self.log_path.open("wb")

@@ -197,6 +197,7 @@ def test_serve_with_a_missing_guest_exits_1_with_one_line(tmp_path: Path) -> Non
     than leaving it up and unhealthy for ever."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "CLASSIFIER_", "APP_"))}
     env.update(CLASSIFIER_GUEST="/nonexistent.wasm", CLASSIFIER_STORE=str(tmp_path / "store"), APP_PORT="0")
+    env.update(CLASSIFIER_METRICS_PORT="0")
     result = subprocess.run([CLASSIFIER, "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -376,15 +377,19 @@ PATHS: dict[str, Path_] = {
 
 
 def assert_error(answer: Answer, code: grpc.StatusCode, reason: str, fragment: str) -> None:
-    """The status a caller gets for our errors: plain message, ErrorInfo{reason, domain}; over
-    HTTP the status as daprd's JSON, with daprd's HTTP code for it."""
+    """The status a caller gets for our errors: plain message, ErrorInfo{reason, domain,
+    metadata: {trace_id}}; over HTTP the status as daprd's JSON, with daprd's HTTP code for it."""
     assert answer.code == code, answer
     assert fragment in answer.message and not answer.message.startswith("{"), answer
-    assert answer.error_info == {"reason": reason, "domain": "image-classifier"}, answer
+    info = dict(answer.error_info or {})
+    trace_id = info.pop("metadata", {}).get("trace_id", "")
+    assert info == {"reason": reason, "domain": "image-classifier"}, answer
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id), answer
     if answer.http is not None:
         # daprd's rendering of the status, and the double's model of it (tests/daprd.py).
         detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="image-classifier"))
+        metadata = {"trace_id": trace_id}
+        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="image-classifier", metadata=metadata))
         modelled = InvokeResult(code, b"", "", answer.message, status_details=(detail,))
         assert (answer.http, answer.body) == (modelled.http_status(), modelled.http_body()), answer
         assert answer.http == HTTP_OF[code], answer

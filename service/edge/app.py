@@ -12,6 +12,10 @@ Start-up never blocks the port: the server starts at once, and a start-up thread
 for the sidecar (DaprClient blocks until it is healthy), loads the models and warms one
 interpreter per worker thread, then reports healthy. SIGTERM stops taking new calls,
 lets in-flight ones finish within the grace period, and exits 0.
+
+Each classify request, invoked or from an event, ends in `_finish`: one log line, its metrics
+(`service/metrics.py`, served on CLASSIFIER_METRICS_PORT) and, with OTLP export on, its spans;
+its trace (`service/tracing.py`) goes on to the published result and into error bodies.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,10 +42,13 @@ from dapr.ext.grpc import (
 from ..config import ServeSettings, Settings
 from ..dapr_sdk import grpc_server, sidecar_client
 from ..errors import ClassifierError, ErrorKind, invalid_argument
-from ..pipeline import DEFAULT_TOP_K, Classifier
+from ..logs import request_line
+from ..metrics import Metrics
+from ..pipeline import DEFAULT_TOP_K, Classifier, Outcome
 from ..stores.base import Store
 from ..stores.dapr import DaprStore
 from ..stores.local import LocalStore
+from ..tracing import SpanExporter, TraceContext, event_trace, publish_metadata
 from ..watcher import Watcher
 from .calls import EdgeInterceptor, current_call
 from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
@@ -85,6 +93,9 @@ class ClassifierService:
         self.failed = threading.Event()  # start-up failed for good: serve() exits 1
         self.fetcher = ImageFetcher(serve.image_url_allowlist, max_bytes=serve.max_message_bytes)
         self.pool = ThreadPoolExecutor(max_workers=serve.workers, thread_name_prefix="classify")
+        self.metrics = Metrics(serve.workers)
+        self.metrics_port = 0  # where /metrics is served once started; 0: not served
+        self.spans = SpanExporter.from_env()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
         self.app = App(
             thread_pool=self.pool,
             options=[
@@ -117,6 +128,18 @@ class ClassifierService:
             self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {self.serve.listen_address}:{self.serve.port}")
+        if self.serve.metrics_port:
+            address = f"{self.serve.listen_address}:{self.serve.metrics_port}"
+            try:
+                self.metrics_port = self.metrics.serve(self.serve.listen_address, self.serve.metrics_port)
+            except OSError as exc:
+                self._server.stop(0)
+                raise ClassifierError(
+                    ErrorKind.INVALID_ARGUMENT,
+                    f"CLASSIFIER_METRICS_PORT={self.serve.metrics_port}: cannot listen on {address}: "
+                    f"{exc.strerror or exc} (0 turns /metrics off)",
+                ) from None
+            log.info("metrics on http://%s:%d/metrics", self.serve.listen_address, self.metrics_port)
         self._server.start()
         threading.Thread(target=self._start_up, name="start-up", daemon=True).start()
         log.info("listening on %s:%d", self.serve.listen_address, self.port)
@@ -137,6 +160,9 @@ class ClassifierService:
             self.classifier.close()
         if self.dapr is not None:
             self.dapr.close()
+        self.metrics.close()
+        if self.spans is not None:
+            self.spans.close()
 
     def wait(self) -> None:
         self._server.wait_for_termination()
@@ -167,6 +193,8 @@ class ClassifierService:
         try:
             store, self.dapr = self._connect()
             classifier = Classifier(self.settings, store=store)
+            classifier.models.events = self.metrics
+            self.metrics.model_info.statuses = classifier.models.statuses
             watcher = Watcher(classifier, self.serve.guest_name, self.serve.poll_s)
             self._load(classifier, watcher)
             self.classifier, self.watcher = classifier, watcher
@@ -246,20 +274,37 @@ class ClassifierService:
 
     def on_classify(self, request: InvokeMethodRequest) -> Any:
         call = current_call()
-        check_body_size(len(request.proto.value) if request.is_proto() else len(request.data), self.serve)
-        if request.is_proto():
-            packed = request.proto
-            if not packed.type_url.endswith(PROTO_TYPE_NAME):
-                raise invalid_argument(f"expected a packed {PROTO_TYPE_NAME}, got {packed.type_url}")
-            message = ClassifyRequestProto()
-            packed.Unpack(message)
-            classify_request = from_proto(message)
-        else:
-            classify_request = decode_body(
-                request.data, request.content_type or "", call.querystring, self.fetcher
-            )
-        remaining = call.time_remaining()
-        response = self.classify(classify_request, timeout_s=remaining)
+        started = time.perf_counter()
+        started_ns = time.time_ns()
+        self.metrics.inflight.inc()
+        outcome = Outcome()
+        try:
+            check_body_size(len(request.proto.value) if request.is_proto() else len(request.data), self.serve)
+            if request.is_proto():
+                packed = request.proto
+                if not packed.type_url.endswith(PROTO_TYPE_NAME):
+                    raise invalid_argument(f"expected a packed {PROTO_TYPE_NAME}, got {packed.type_url}")
+                message = ClassifyRequestProto()
+                packed.Unpack(message)
+                classify_request = from_proto(message)
+            else:
+                classify_request = decode_body(
+                    request.data, request.content_type or "", call.querystring, self.fetcher
+                )
+            outcome = self.run(classify_request, timeout_s=call.time_remaining())
+            response = outcome.result()
+        except ClassifierError as exc:
+            outcome.error = exc
+            raise
+        except Exception as exc:  # a bug: the interceptor logs it and answers INTERNAL
+            outcome.error = ClassifierError(ErrorKind.INTERNAL, f"internal error: {exc}")
+            raise
+        finally:
+            self.metrics.inflight.dec()
+            self._finish("invoke", outcome, call.trace, started, started_ns)
+            # A raised error's traceback holds this frame: without the outcome, which holds the
+            # error, there is no cycle keeping the request's body alive until the GC runs.
+            del outcome
         if request.is_proto():
             return to_proto(response)  # the SDK packs it into an Any
         if classify_request.protobuf:
@@ -277,57 +322,111 @@ class ClassifierService:
         body["default_model"] = classifier.default_model(self.serve.default_model)
         return InvokeMethodResponse(json.dumps(body).encode(), "application/json")
 
-    def classify(self, request: ClassifyRequest, timeout_s: float | None = None) -> dict[str, Any]:
+    def run(self, request: ClassifyRequest, timeout_s: float | None = None) -> Outcome:
+        """A request through the pipeline (the outcome has its response or error); raises a
+        ClassifierError only for what stops it before the pipeline (not ready, no model named)."""
         classifier = self._classifier()
         model = request.model or classifier.default_model(self.serve.default_model)
         if model is None:
             raise invalid_argument("name a model: `model` in the request (or ?model= for raw images)")
         top_k = request.top_k if request.top_k is not None else DEFAULT_TOP_K
-        return classifier.classify(request.image, model, top_k, timeout_s=timeout_s)
+        return classifier.run(request.image, model, top_k, timeout_s=timeout_s)
+
+    def _finish(
+        self,
+        transport: str,
+        outcome: Outcome,
+        trace: TraceContext,
+        started: float,
+        started_ns: int,
+        **fields: str,
+    ) -> None:
+        """The end of a classify request: its metrics, its one log line and its spans."""
+        seconds = time.perf_counter() - started
+        self.metrics.record(transport, outcome, seconds)
+        line: dict[str, Any] = {
+            "transport": transport,
+            **fields,
+            "model": outcome.model,
+            "version": outcome.version or None,
+            "outcome": outcome.code,
+            "duration_ms": round(seconds * 1000, 3),
+            "trace_id": trace.trace_id,
+        }
+        if outcome.error is not None:
+            line["error"] = outcome.error.message
+        log.info("classify %s", request_line(line), extra={"request": line})
+        if self.spans is not None:
+            attributes = {k: v for k, v in line.items() if k != "error" and v is not None}
+            if "total" not in outcome.timings:
+                outcome.timings["total"] = seconds
+            error = outcome.error.message if outcome.error is not None else None
+            self.spans.export(trace, f"classify {transport}", started_ns, outcome.timings, attributes, error)
 
     # -- pub/sub ---------------------------------------------------------------------------
 
     def on_image(self, message: SubscriptionMessage) -> TopicEventResponse:
-        event_id = message.id()
-        if not self.ready.is_set():  # only without daprd's app health check: with it, no delivery yet
-            reason = self.startup_error or "starting"
-            log.info("event %s: not ready (%s); asking for redelivery", event_id, reason)
-            return TopicEventResponse("retry")  # daprd redelivers per components/resiliency.yaml
+        started = time.perf_counter()
+        started_ns = time.time_ns()
+        call = current_call()
+        trace = event_trace(call.trace, message.extensions())
+        self.metrics.inflight.inc()
+        answer, outcome = "retry", Outcome(error=ClassifierError(ErrorKind.INTERNAL, "internal error"))
         try:
+            answer, outcome = self._answer_image(message, trace)
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.event(self.serve.images_topic, answer)
+            self._finish("pubsub", outcome, trace, started, started_ns, event=message.id(), answer=answer)
+        return TopicEventResponse(answer)
+
+    def _answer_image(self, message: SubscriptionMessage, trace: TraceContext) -> tuple[str, Outcome]:
+        """success, drop or retry for one image event, and how its request went."""
+        event_id = message.id()
+        outcome = Outcome()
+        try:
+            if not self.ready.is_set():  # only without daprd's app health check: with it, no delivery yet
+                raise ClassifierError(ErrorKind.UNAVAILABLE, f"not ready: {self.startup_error or 'starting'}")
             check_body_size(len(message.raw_data()), self.serve)
             check_event_data(message.raw_data(), message.data_content_type() or "")
             request = decode_body(message.raw_data(), message.data_content_type() or "", "", self.fetcher)
-            result: dict[str, Any] = self.classify(request)
+            outcome = self.run(request)
+            result = outcome.result()
         except ClassifierError as exc:
+            outcome.error = exc.with_traceback(None)  # its frames hold `outcome`: no cycle
             if exc.kind in TRANSIENT:
-                log.warning("event %s: %s; asking for redelivery", event_id, exc.message)
-                return TopicEventResponse("retry")
-            log.info("event %s dropped: %s", event_id, exc.message)
+                return "retry", outcome  # daprd redelivers per components/resiliency.yaml
             # The requester learns why; daprd sends the event itself to the dead-letter topic.
-            if not self._publish_result({"correlation_id": event_id, "error": exc.to_dict()}):
-                return TopicEventResponse("retry")
-            return TopicEventResponse("drop")
-        if not self._publish_result({"correlation_id": event_id, **result}):
-            return TopicEventResponse("retry")
-        return TopicEventResponse("success")
+            error = {**exc.to_dict(), "trace_id": trace.trace_id}
+            published = self._publish_result({"correlation_id": event_id, "error": error}, trace)
+            return ("drop" if published else "retry"), outcome
+        published = self._publish_result({"correlation_id": event_id, **result}, trace)
+        return ("success" if published else "retry"), outcome
 
     def on_update(self, message: SubscriptionMessage) -> TopicEventResponse:
+        answer = self._answer_update(message)
+        self.metrics.event(self.serve.updates_topic, answer)
+        return TopicEventResponse(answer)
+
+    def _answer_update(self, message: SubscriptionMessage) -> str:
         try:
             update = json.loads(message.raw_data())
             kind, name = str(update.get("kind", "model")), str(update["name"])
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("ignoring a malformed update event %s", message.id())
-            return TopicEventResponse("drop")
+            return "drop"
         if self.watcher is None:
-            return TopicEventResponse("retry")
+            return "retry"
         try:
             self.watcher.on_update(kind, name)
         except ClassifierError as exc:
             log.warning("update of %s %s: %s", kind, name, exc.message)
-            return TopicEventResponse("retry" if exc.kind in TRANSIENT else "drop")
-        return TopicEventResponse("success")
+            return "retry" if exc.kind in TRANSIENT else "drop"
+        return "success"
 
-    def _publish_result(self, result: dict[str, Any]) -> bool:
+    def _publish_result(self, result: dict[str, Any], trace: TraceContext) -> bool:
+        """Publish a result event continuing the request's trace (daprd writes the metadata's
+        traceparent into the CloudEvent)."""
         assert self.dapr is not None
         try:
             self.dapr.publish_event(
@@ -335,6 +434,7 @@ class ClassifierService:
                 self.serve.results_topic,
                 json.dumps(result),
                 data_content_type="application/json",
+                publish_metadata=publish_metadata(trace),
             )
             return True
         except grpc.RpcError as exc:

@@ -4,15 +4,16 @@ The SDK's handlers get no gRPC context, so they cannot choose a status (an excep
 becomes UNKNOWN, a 500 for HTTP callers). This interceptor, given to the SDK's gRPC
 server, turns a ClassifierError into the status daprd maps to the right HTTP code; it
 rejects calls without the app token; and it makes the call's deadline and query string
-visible to the handler.
+visible to the handler, with its trace context (`traceparent` / `tracestate` metadata).
 
 Every error status is built by `error_status`: the status message is the plain
 human-readable message, and the machine-readable code travels as a `google.rpc.ErrorInfo`
 in the status details (`grpc-status-details-bin`), with `reason` the upper-case error
 code (`NOT_FOUND`, `GUEST_FAILED`, ...; AIP-193 style, as Dapr's own errors) and `domain`
-`image-classifier`. daprd passes the details through: an HTTP caller gets
-`{"code": 5, "message": "...", "details": [{"@type": ".../google.rpc.ErrorInfo",
-"reason": "NOT_FOUND", "domain": "image-classifier"}]}`, a gRPC caller the same status.
+`image-classifier`, and the call's trace id as `metadata["trace_id"]`. daprd passes the
+details through: an HTTP caller gets `{"code": 5, "message": "...", "details": [{"@type":
+".../google.rpc.ErrorInfo", "reason": "NOT_FOUND", "domain": "image-classifier", "metadata":
+{"trace_id": "..."}}]}`, a gRPC caller the same status.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -31,6 +32,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..errors import ClassifierError, ErrorKind
+from ..tracing import TraceContext, continue_trace
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class CallInfo:
     method: str
     querystring: str = ""
     deadline: float | None = None  # time.monotonic() by which the caller wants an answer
+    trace: TraceContext = field(default_factory=continue_trace)  # from the call's metadata, or new
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -84,16 +87,17 @@ def error_reason(kind: ErrorKind | str) -> str:
     return (kind.value if isinstance(kind, ErrorKind) else kind).upper()
 
 
-def error_status(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:
+def error_status(code: grpc.StatusCode, reason: str, message: str, trace_id: str = "") -> grpc.Status:
     """The one place error statuses are built: `message` as the status message, and a
-    google.rpc.ErrorInfo {reason, domain} in the details."""
+    google.rpc.ErrorInfo {reason, domain, metadata: {trace_id}} in the details."""
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    metadata = {"trace_id": trace_id} if trace_id else {}
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
 
 
-def status_of(error: ClassifierError) -> grpc.Status:
-    return error_status(STATUS_OF[error.kind], error_reason(error.kind), error.message)
+def status_of(error: ClassifierError, trace_id: str = "") -> grpc.Status:
+    return error_status(STATUS_OF[error.kind], error_reason(error.kind), error.message, trace_id)
 
 
 class EdgeInterceptor(grpc.ServerInterceptor):
@@ -122,12 +126,15 @@ class EdgeInterceptor(grpc.ServerInterceptor):
         self, method: str, inner: Callable[..., Any], request: Any, context: grpc.ServicerContext
     ) -> Any:
         """One call: the token, the call's facts for the handler, and every error as a status."""
-        if self.app_api_token is not None and method in TOKEN_METHODS and not self._token_ok(context):
+        metadata = dict(context.invocation_metadata())
+        trace = continue_trace(metadata)
+        if self.app_api_token is not None and method in TOKEN_METHODS and not self._token_ok(metadata):
             context.abort_with_status(
                 error_status(
                     grpc.StatusCode.UNAUTHENTICATED,
                     "UNAUTHENTICATED",
                     "missing or wrong dapr-api-token (APP_API_TOKEN of daprd and the app differ)",
+                    trace.trace_id,
                 )
             )
         remaining = context.time_remaining()
@@ -135,12 +142,13 @@ class EdgeInterceptor(grpc.ServerInterceptor):
             method=method,
             querystring=_querystring(request),
             deadline=time.monotonic() + remaining if remaining is not None and remaining < 1e9 else None,
+            trace=trace,
         )
         token = _current.set(info)
         try:
             return inner(request, context)
         except ClassifierError as exc:
-            context.abort_with_status(status_of(exc))
+            context.abort_with_status(status_of(exc, trace.trace_id))
         except NotImplementedError:
             if method == "OnInvoke":  # the SDK's "unknown method"
                 unknown = getattr(request, "method", "")
@@ -149,6 +157,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):
                         grpc.StatusCode.UNIMPLEMENTED,
                         "UNIMPLEMENTED",
                         f"unknown method {unknown!r}: the methods are classify and models",
+                        trace.trace_id,
                     )
                 )
             raise  # an unknown topic: UNIMPLEMENTED (the SDK set it), which daprd drops
@@ -156,14 +165,17 @@ class EdgeInterceptor(grpc.ServerInterceptor):
             log.exception("%s failed", method)
             context.abort_with_status(
                 error_status(
-                    grpc.StatusCode.INTERNAL, error_reason(ErrorKind.INTERNAL), f"internal error: {exc}"
+                    grpc.StatusCode.INTERNAL,
+                    error_reason(ErrorKind.INTERNAL),
+                    f"internal error: {exc}",
+                    trace.trace_id,
                 )
             )
         finally:
             _current.reset(token)
 
-    def _token_ok(self, context: grpc.ServicerContext) -> bool:
-        sent = dict(context.invocation_metadata()).get("dapr-api-token", "")
+    def _token_ok(self, metadata: dict[str, Any]) -> bool:
+        sent = metadata.get("dapr-api-token", "")
         assert self.app_api_token is not None
         return hmac.compare_digest(str(sent).encode(), self.app_api_token.encode())
 

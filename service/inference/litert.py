@@ -9,6 +9,9 @@ LiteRT (`ai-edge-litert`) is used, with the legacy tflite-runtime as a fallback.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 
@@ -28,11 +31,49 @@ __all__ = ["LITERT", "Interpreter", "LiteRtContext", "LiteRtGraph", "new_interpr
 MAX_IDLE_PER_THREAD = 2
 
 
+# LiteRT's native code writes this to stderr (fd 2, past Python) the first time a process builds an
+# interpreter (TFLITE_LOG_PROD_ONCE in the XNNPACK delegate); no setting of LiteRT turns it off.
+XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+_first_build = threading.Lock()
+_notice_hidden = False
+
+
 def new_interpreter(model: bytes, num_threads: int) -> Interpreter:
     """An interpreter with its tensors allocated. Costs ~6 ms (XNNPACK packs the weights)."""
+    if not _notice_hidden:
+        return _first_interpreter(model, num_threads)
+    return _build(model, num_threads)
+
+
+def _build(model: bytes, num_threads: int) -> Interpreter:
     interpreter = Interpreter(model_content=model, num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
+
+
+def _first_interpreter(model: bytes, num_threads: int) -> Interpreter:
+    """The process's first build, with fd 2 sent to a file meanwhile: what else was written to
+    stderr in those milliseconds (by any thread) is written on after it, less the XNNPACK notice."""
+    global _notice_hidden
+    with _first_build:
+        if _notice_hidden:
+            return _build(model, num_threads)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                interpreter = _build(model, num_threads)
+                _notice_hidden = True  # built once: LiteRT has written its notice
+                return interpreter
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                rest = captured.read().replace(XNNPACK_NOTICE, b"", 1)
+                if rest:
+                    os.write(2, rest)
 
 
 class LiteRtGraph:

@@ -59,6 +59,7 @@ class GuestResult:
     stdout: bytes
     stderr: bytes
     trap: str | None = None
+    trap_reason: str | None = None  # the trap's kind (wasmtime's TrapCode, lower case), for metrics
     deadline_exceeded: bool = False
     output_overflow: bool = False
     elapsed_s: float = 0.0
@@ -243,6 +244,7 @@ class WasmHost:
 
         exit_code: int | None = None
         trap: str | None = None
+        trap_reason: str | None = None
         deadline_exceeded = False
         instance: wasmtime.Instance | None = None
         with running(call):
@@ -260,9 +262,11 @@ class WasmHost:
                 exit_code = exc.code
             except wasmtime.Trap as exc:
                 trap = _trap_message(exc)
+                trap_reason = exc.trap_code.name.lower() if exc.trap_code is not None else "host"
                 deadline_exceeded = exc.trap_code == wasmtime.TrapCode.INTERRUPT
             except wasmtime.WasmtimeError as exc:  # e.g. instantiation over the memory limit
                 trap = _first_line(exc)
+                trap_reason = "instantiation"
             finally:
                 for key in sink_keys:
                     forget_output(key)
@@ -271,6 +275,7 @@ class WasmHost:
             stdout=stdout.value(),
             stderr=stderr.value(),
             trap=trap,
+            trap_reason=trap_reason,
             deadline_exceeded=deadline_exceeded or call.deadline_hit,
             output_overflow=stdout.overflow or stderr.overflow,
             elapsed_s=time.perf_counter() - started,

@@ -51,12 +51,11 @@ def module_of(mutant: str) -> str:
     return head.replace(".", "/") + ".py"
 
 
-def report() -> int:
-    output = mutmut("results", "--all", "true", capture=True)
-    equivalent = equivalent_mutants()
+def summarize(results: str, equivalent: dict[str, str]) -> tuple[dict[str, Counter[str]], list[str]]:
+    """`mutmut results --all true` -> counts by module and status, and the unexplained survivors."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     unexplained: list[str] = []
-    for line in output.splitlines():
+    for line in results.splitlines():
         match = RESULT.match(line)
         if not match:
             continue
@@ -66,8 +65,13 @@ def report() -> int:
         elif status == "survived":
             unexplained.append(name)
         counts[module_of(name)][status] += 1
+    return counts, unexplained
+
+
+def table(counts: dict[str, Counter[str]]) -> list[str]:
+    """One line per module; the score leaves the equivalent mutants out."""
     columns = ("mutants", "killed", "equiv.", "survived", "other", "score")
-    print(f"{'module':30}" + "".join(f" {c:>8}" for c in columns))
+    lines = [f"{'module':30}" + "".join(f" {c:>8}" for c in columns)]
     for module in sorted(counts):
         c = counts[module]
         total = sum(c.values())
@@ -75,7 +79,13 @@ def report() -> int:
         scored = total - c["equivalent"]
         score = f"{c['killed'] / scored if scored else 1.0:.1%}"
         cells = (total, c["killed"], c["equivalent"], c["survived"], other, score)
-        print(f"{module:30}" + "".join(f" {cell:>8}" for cell in cells))
+        lines.append(f"{module:30}" + "".join(f" {cell:>8}" for cell in cells))
+    return lines
+
+
+def report() -> int:
+    counts, unexplained = summarize(mutmut("results", "--all", "true", capture=True), equivalent_mutants())
+    print("\n".join(table(counts)))
     for name in unexplained:
         print(f"survived, not explained in {EQUIVALENT.name}: {name}")
     return 1 if unexplained else 0

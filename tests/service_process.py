@@ -13,9 +13,8 @@ from pathlib import Path
 from conftest import MODELS
 from dapr.clients import DaprClient
 from daprd import FakeDaprd, InvokeResult
-from real_dapr import sidecar_env
+from real_dapr import free_port, sidecar_env
 
-from service.demo import free_port
 from service.stores.dapr import DaprStore
 
 ROOT = Path(__file__).resolve().parents[1]

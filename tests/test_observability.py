@@ -32,10 +32,8 @@ from dapr.clients import DaprClient
 from daprd import FakeDaprd
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from real_dapr import sidecar_env, wait_for
+from real_dapr import free_port, sidecar_env, wait_for
 from service_process import ROOT, ServiceProcess, new_daprd, results_for, upload
-
-from service.demo import free_port
 
 BIRD = (IMAGES / "classify" / "bird.jpg").read_bytes()
 BIRDS_SHA256 = hashlib.sha256((MODELS / "aiy_birds_v1" / "model.tflite").read_bytes()).hexdigest()

@@ -23,9 +23,8 @@ import redis
 from conftest import IMAGES, MODELS
 from dapr.clients import DaprClient
 from prometheus_client.parser import text_string_to_metric_families
-from real_dapr import sidecar_env, stack, wait_for
+from real_dapr import free_port, sidecar_env, stack, wait_for
 
-from service.demo import free_port
 from service.stores.dapr import DaprStore
 
 pytestmark = pytest.mark.dapr

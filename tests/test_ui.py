@@ -268,13 +268,15 @@ def test_the_endpoint_answers_as_the_sidecar_would(ui: str) -> None:
 
     status, body = post("/api/classify?model=nosuch", BIRD.read_bytes(), len(BIRD.read_bytes()))
     assert status == 404
-    assert body["details"] == [
-        {
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": "NOT_FOUND",
-            "domain": "image-classifier",
-        }
-    ]
+    [detail] = body["details"]
+    trace_id = detail.get("metadata", {}).get("trace_id", "")
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id), detail  # the request's trace (docs: Observability)
+    assert detail == {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "NOT_FOUND",
+        "domain": "image-classifier",
+        "metadata": {"trace_id": trace_id},
+    }
     assert body["code"] == 5 and body["message"].startswith("model 'nosuch' not found")
     status, body = post("/api/classify?model=birds", None, 17 << 20)  # over the limit: refused unread
     assert status == 429 and body["details"][0]["reason"] == "RESOURCE_EXHAUSTED", body

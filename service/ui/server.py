@@ -268,7 +268,9 @@ def serve_ui(settings: Settings, port: int, app_id: str) -> int:
         return 0
     describe = f"the embedded pipeline on the local store {settings.store_dir}"
     server = _bind(port, PageConfig("/api", describe), serve)  # first: a port in use is one line
-    service = ClassifierService(settings, replace(serve, dapr=False, port=0, listen_address=LOOPBACK))
+    # A page to try it needs no /metrics (nor port 9464, which a `classifier serve` may hold).
+    in_process = replace(serve, dapr=False, port=0, listen_address=LOOPBACK, metrics_port=0)
+    service = ClassifierService(settings, in_process)
     try:
         _run_over_app(server, service.start(), describe, failed=service.failed)
     finally:

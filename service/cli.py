@@ -446,6 +446,9 @@ def _check_port_free(address: str, port: int) -> None:
     if port == 0:
         return
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        # As a server binds: connections of a process that just stopped (TIME_WAIT) do not hold the
+        # port, a listening socket does (gRPC itself binds with SO_REUSEPORT, so it would not notice).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((address, port))
         except OSError as exc:

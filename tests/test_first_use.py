@@ -213,6 +213,26 @@ def test_serve_on_a_port_in_use(files: dict[str, Path]) -> None:
     )
 
 
+def test_a_port_a_stopped_server_just_used_is_free() -> None:
+    """A restart on the same port (dapr run, Kubernetes) right after a stop: the stopped server's
+    connections wait in TIME_WAIT on the port, which must not read as "in use" (seen in CI)."""
+    from service.cli import _check_port_free
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", free_port()))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        with pytest.raises(OSError, match="Address already in use"):
+            _check_port_free("127.0.0.1", port)  # listening: in use
+        accepted.close()  # the server closes first: its side of the connection is in TIME_WAIT
+        client.recv(1)
+        client.close()
+    _check_port_free("127.0.0.1", port)  # no listener left: free, TIME_WAIT or not
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "commands", "expected"),
     [

@@ -50,6 +50,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from service.edge.calls import HTTP_STATUS_OF  # daprd's own mapping, which the double applies too
+
 LOOPBACK = "127.0.0.1"
 DAPR_SERVICE = dapr_pb2.DESCRIPTOR.services_by_name["Dapr"]
 FAKE_PUBLISHER_APP_ID = "fake-publisher"
@@ -83,26 +85,6 @@ class Published:
     content_type: str
     metadata: dict[str, str]
     event_id: str
-
-
-# daprd's HTTPStatusFromCode (pkg/messaging/v1/util.go:312): the HTTP code an HTTP caller gets
-# for the app's gRPC status; anything not listed is 500.
-HTTP_STATUS_OF = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 408,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-}
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from ..config import ServeSettings, Settings
-from ..edge.calls import error_status, status_of
+from ..edge.calls import HTTP_STATUS_OF, error_status, status_of
 from ..errors import ClassifierError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -51,24 +51,6 @@ STATIC_FILES = {  # path -> (file in static/, content type)
 }
 METHODS = ("classify", "models")
 
-# daprd's HTTPStatusFromCode (dapr/pkg/messaging/v1/util.go:312): what an HTTP caller of the
-# invoke API gets for the app's gRPC status; anything else is 500.
-HTTP_STATUS_OF = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 408,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-}
 _CODE_OF = {code.value[0]: code for code in grpc.StatusCode}
 
 

@@ -16,6 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools.dapr import InstallError as DaprInstallError
+from tools.dapr import apt_install
+
 DEFAULT_CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -39,12 +42,10 @@ def install() -> Path:
     if os.geteuid() != 0:
         raise InstallError(f"{path} is missing: run `apt-get install -y chromium` as root")
     print("installing chromium from Debian's packages (a few minutes)", file=sys.stderr)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()
-            raise InstallError(f"{' '.join(cmd)} failed: {tail[-1] if tail else done.returncode}")
+    try:
+        apt_install("chromium")
+    except DaprInstallError as exc:
+        raise InstallError(str(exc)) from None
     if not path.exists():
         raise InstallError(f"{path} is still missing after apt-get install chromium")
     return path

@@ -123,6 +123,17 @@ def _build_cli(out: Path, work: Path, log: Path) -> None:
     _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(out), "github.com/dapr/cli"], build, log)
 
 
+def apt_install(package: str) -> None:
+    """`apt-get update` then `apt-get install` of one Debian package (as root); InstallError with
+    apt's last line if either fails."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()
+            raise InstallError(f"{' '.join(cmd)} failed: {tail[-1] if tail else done.returncode}")
+
+
 def ensure_redis() -> Path:
     """redis-server from Debian's packages (installing it needs root)."""
     found = shutil.which("redis-server")
@@ -131,12 +142,7 @@ def ensure_redis() -> Path:
     if os.geteuid() != 0:
         raise InstallError("redis-server is missing: run `apt-get install -y redis-server` as root")
     print("installing redis-server from Debian's packages", file=sys.stderr)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()
-            raise InstallError(f"{' '.join(cmd)} failed: {tail[-1] if tail else done.returncode}")
+    apt_install("redis-server")
     found = shutil.which("redis-server")
     if not found:
         raise InstallError("redis-server is still not on PATH after apt-get install")

@@ -61,6 +61,7 @@ from .requests import (
     PROTO_TYPE_NAME,
     ClassifyRequest,
     ImageFetcher,
+    check_batch_entry,
     check_event_data,
     decode_body,
     from_proto,
@@ -391,9 +392,8 @@ class ClassifierService:
     # -- pub/sub ---------------------------------------------------------------------------
 
     def on_image(self, message: SubscriptionMessage) -> TopicEventResponse:
-        return TopicEventResponse(
-            self._handle_image(message, event_trace(current_call().trace, message.extensions()))
-        )
+        trace = event_trace(current_call().trace, message.extensions())
+        return TopicEventResponse(self._handle_image(message, trace, in_batch=False))
 
     def on_image_batch(self, messages: Sequence[SubscriptionMessage]) -> list[str]:
         """A bulk delivery: each entry answered as on_image would, the entries spread over the
@@ -403,14 +403,14 @@ class ClassifierService:
         def handle(message: SubscriptionMessage) -> str:
             try:
                 # The call's metadata carries the span of one entry only: each entry's own trace.
-                return self._handle_image(message, continue_trace(message.extensions()))
+                return self._handle_image(message, continue_trace(message.extensions()), in_batch=True)
             except Exception:  # a bug: this entry is redelivered, the others keep their answers
                 log.exception("image event %s in a batch", message.id())
                 return "retry"
 
         return run_spread(self.pool, messages, handle, helpers=self.serve.workers - 1)
 
-    def _handle_image(self, message: SubscriptionMessage, trace: TraceContext) -> str:
+    def _handle_image(self, message: SubscriptionMessage, trace: TraceContext, *, in_batch: bool) -> str:
         """One image event, within the in-flight bound: its answer; logged and counted."""
         with self._event_place():
             started = time.perf_counter()
@@ -418,7 +418,7 @@ class ClassifierService:
             self.metrics.inflight.inc()
             answer, outcome = "retry", Outcome(error=ClassifierError(ErrorKind.INTERNAL, "internal error"))
             try:
-                answer, outcome = self._answer_image(message, trace)
+                answer, outcome = self._answer_image(message, trace, in_batch)
             finally:
                 self.metrics.inflight.dec()
                 self.metrics.event(self.serve.images_topic, answer)
@@ -440,7 +440,9 @@ class ClassifierService:
                 with self._events_lock:
                     self._events_now -= 1
 
-    def _answer_image(self, message: SubscriptionMessage, trace: TraceContext) -> tuple[str, Outcome]:
+    def _answer_image(
+        self, message: SubscriptionMessage, trace: TraceContext, in_batch: bool = False
+    ) -> tuple[str, Outcome]:
         """success, drop or retry for one image event, and how its request went."""
         event_id = message.id()
         outcome = Outcome()
@@ -449,6 +451,8 @@ class ClassifierService:
             if not self.ready.is_set():  # only without daprd's app health check: with it, no delivery yet
                 raise ClassifierError(ErrorKind.UNAVAILABLE, f"not ready: {self.startup_error or 'starting'}")
             check_body_size(len(message.raw_data()), self.serve)
+            if in_batch:
+                check_batch_entry(message.raw_data(), message.data_content_type() or "")
             check_event_data(message.raw_data(), message.data_content_type() or "")
             request = decode_body(message.raw_data(), message.data_content_type() or "", "", self.fetcher)
             stream = request.stream

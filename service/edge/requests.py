@@ -147,6 +147,22 @@ def check_event_data(data: bytes, content_type: str) -> None:
         )
 
 
+def check_batch_entry(data: bytes, content_type: str) -> None:
+    """Refuse an entry of a bulk delivery that daprd emptied: daprd 1.18 builds a batch's entries
+    from the CloudEvent's `data` only, never its `data_base64` (dapr pkg/runtime/pubsub/
+    subscriptions.go:485-503), so every binary event arrives without its bytes."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    # daprd keeps the data of JSON and string (text) types.
+    kept = media_type in ("application/json", "application/xml") or media_type.endswith("+json")
+    if not data and not (kept or media_type.startswith("text/")):
+        raise invalid_argument(
+            f"the event's data is empty: daprd's bulk delivery leaves out the bytes of binary events "
+            f"({content_type or 'no content type'}, sent as data_base64); publish images as JSON "
+            '{"image_base64": ...} to a service with bulk subscription on, or serve with '
+            "CLASSIFIER_BULK_SUBSCRIBE=off"
+        )
+
+
 def decode_protobuf(data: bytes) -> ClassifyRequest:
     message = ClassifyRequestProto()
     try:

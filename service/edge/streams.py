@@ -23,7 +23,7 @@ Answer = TypeVar("Answer")
 # A frame arriving this many seqs behind the newest of its stream is no longer waited for: the
 # ones still missing below it count as skipped. Deliveries run in parallel (daprd's Redis
 # `concurrency`, a batch on several workers), so frames arrive somewhat out of order.
-REORDER_WINDOW = 1024
+REORDER_WINDOW = 256
 MAX_STREAMS = 1024  # streams tracked at once; the least recently seen is forgotten
 
 

@@ -183,3 +183,30 @@ def test_the_double_and_the_real_daprd_agree() -> None:
     if set(ANSWERS) != set(SIDECARS):
         pytest.skip("needs both runs of test_a_burst_of_frames_in_batches")
     assert ANSWERS["double"] == ANSWERS["real daprd"]
+
+
+def test_the_in_flight_bound_holds_under_a_burst(tmp_path: Path) -> None:
+    """200 frames published as fast as daprd takes them, to 2 workers allowed 1 event at a time:
+    never more than 1 at once, every frame answered once, none skipped."""
+    metrics_port = free_port()
+    run = f"burst-{uuid.uuid4().hex[:8]}"
+    env = {**BULK_ENV, "CLASSIFIER_MAX_INFLIGHT_EVENTS": "1", "CLASSIFIER_METRICS_PORT": str(metrics_port)}
+    with stack(tmp_path, replicas=0) as built, publisher(built) as pub:
+        daprd, app = built.add_replica(**env)
+        upload_birds(daprd, tmp_path)
+        daprd.wait_app_healthy(90)
+        r = built.redis.client()
+        for n in range(200):
+            pub.http(frame(BIRD, run, seq=n), "application/json", f"{run}-{n}")
+
+        def answered() -> list[list[dict]] | None:
+            found = [v for k, v in results(r).items() if k.startswith(run)]
+            return found if len(found) == 200 else None
+
+        found = wait_for(answered, 240, lambda: f"{len(answered() or [])} of 200\n{app.log()[-1500:]}")
+        assert all(len(v) == 1 and v[0]["predictions"][0]["index"] == BIRD_TOP1 for v in found)
+        assert sorted(v[0]["seq"] for v in found) == list(range(200))
+        figures = metrics(metrics_port)
+    assert figures["classifier_inflight_events_peak"] == 1, figures
+    assert figures["classifier_stream_frames_skipped_total"] == 0
+    assert figures["classifier_event_batches_total"] < 200

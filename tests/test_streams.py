@@ -16,9 +16,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from conftest import IMAGES, SHARED
 from dapr.clients import DaprClient
+from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from daprd import FakeDaprd
 from prometheus_client.parser import text_string_to_metric_families
 from real_dapr import free_port, sidecar_env
@@ -170,6 +172,42 @@ def test_entries_of_a_batch_run_on_the_workers_at_once(
     assert after["classifier_inflight_events_peak"] == 2, after
     assert after["classifier_event_batches_total"] == 1
     assert after["classifier_inflight_requests"] == 0
+
+
+def test_the_alpha_bulk_rpc_is_answered_the_same_way(
+    bulk: tuple[ServiceProcess, int], daprd: FakeDaprd
+) -> None:
+    """daprd falls back to OnBulkTopicEventAlpha1 when OnBulkTopicEvent is UNIMPLEMENTED: the app
+    answers it too, entry by entry."""
+    run = f"alpha-{time.monotonic_ns()}"
+    entries = [
+        appcallback_pb2.TopicEventBulkRequestEntry(
+            entry_id=f"entry-{n}",
+            cloud_event=appcallback_pb2.TopicEventCERequest(
+                id=f"{run}-{n}",
+                source="test",
+                type="t",
+                spec_version="1.0",
+                data_content_type="application/json",
+                data=data,
+            ),
+            content_type="application/cloudevents+json",
+        )
+        for n, data in enumerate([frame(BIRD, stream_id=run, seq=0), frame(CORRUPT, stream_id=run, seq=1)])
+    ]
+    request = appcallback_pb2.TopicEventBulkRequest(
+        id=run, entries=entries, topic="images", pubsub_name="pubsub", type="com.dapr.event.sent.bulk"
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{daprd.app_port}") as channel:
+        response = appcallback_pb2_grpc.AppCallbackAlphaStub(channel).OnBulkTopicEventAlpha1(
+            request, timeout=60
+        )
+    statuses = {entry.entry_id: entry.status for entry in response.statuses}
+    assert statuses == {
+        "entry-0": appcallback_pb2.TopicEventResponse.SUCCESS,
+        "entry-1": appcallback_pb2.TopicEventResponse.DROP,
+    }
+    assert results_for(daprd, f"{run}-0")["predictions"][0]["index"] == expected_top1("birds", BIRD)
 
 
 def test_stream_fields_come_back_with_the_capture_latency(

@@ -61,6 +61,7 @@ from .requests import (
     PROTO_TYPE_NAME,
     ClassifyRequest,
     ImageFetcher,
+    StreamFields,
     check_batch_entry,
     check_event_data,
     decode_body,
@@ -446,7 +447,7 @@ class ClassifierService:
         """success, drop or retry for one image event, and how its request went."""
         event_id = message.id()
         outcome = Outcome()
-        stream = stream_fields_of(message.raw_data())  # replaced by the decoded request's below
+        stream: StreamFields | None = None  # the request's, once decoded
         try:
             if not self.ready.is_set():  # only without daprd's app health check: with it, no delivery yet
                 raise ClassifierError(ErrorKind.UNAVAILABLE, f"not ready: {self.startup_error or 'starting'}")
@@ -466,6 +467,8 @@ class ClassifierService:
                 return "retry", outcome  # daprd redelivers per components/resiliency.yaml
             # The requester learns why; daprd sends the event itself to the dead-letter topic.
             error = {**exc.to_dict(), "trace_id": trace.trace_id}
+            if stream is None:  # not decoded: what can be read of the stream fields
+                stream = stream_fields_of(message.raw_data())
             failed = {"correlation_id": event_id, "error": error, **result_fields(stream)}
             published = self._publish_result(failed, trace)
             return ("drop" if published else "retry"), outcome

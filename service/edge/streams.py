@@ -129,7 +129,10 @@ def run_spread(
                 done.release()
 
     for _ in range(min(helpers, len(items) - 1)):
-        pool.submit(drain)
+        try:
+            pool.submit(drain)
+        except RuntimeError:  # the pool is shut down (the service is stopping): the caller does it all
+            break
     drain()
     for _ in items:
         done.acquire()

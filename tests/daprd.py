@@ -1415,7 +1415,7 @@ class FakeDaprd:
 class _Batcher:
     """daprd's default bulk subscriber for one subscription (pkg/runtime/pubsub/default_bulksub.go
     :67-236): the broker's workers hand their messages over and wait; a batch is flushed when it
-    has bulk_max_messages entries or bulk_max_awaits_ms after its first arrived; one batch at a
+    has bulk_max_messages entries or bulk_max_await_ms after its first arrived; one batch at a
     time. With Redis a batch is at most the component's `concurrency` messages (its workers)."""
 
     def __init__(self, daprd: FakeDaprd, subscription: Subscription) -> None:

@@ -124,8 +124,10 @@ class Native:
 class ServiceClient:
     """`classifier serve` as a process, called as daprd calls it."""
 
-    def __init__(self, store: Path, cache: Path, workers: int | None = None) -> None:
-        env = {"CLASSIFIER_STORE": str(store), "CLASSIFIER_CACHE_DIR": str(cache)}
+    def __init__(
+        self, store: Path, cache: Path, workers: int | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        env = {"CLASSIFIER_STORE": str(store), "CLASSIFIER_CACHE_DIR": str(cache), **(env or {})}
         if workers:
             env["CLASSIFIER_WORKERS"] = str(workers)
         self.started = time.perf_counter()

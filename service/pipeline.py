@@ -113,7 +113,9 @@ class Classifier:
     ) -> None:
         self.settings = settings
         self.store: Store = store or LocalStore(settings.store_dir)
-        self.models = ModelRegistry(self.store, settings.interpreter_threads)
+        self.models = ModelRegistry(
+            self.store, settings.interpreter_threads, settings.solo_interpreter_threads
+        )
         self.host = WasmHost(settings.module_cache_dir)
         self.graph_cache = GraphCache(num_threads=settings.interpreter_threads)
         if settings.guest_args is not None and settings.guest is None and guest_wasm is None:

@@ -71,9 +71,10 @@ class ModelEvents(Protocol):
 class ModelRegistry:
     """Active model versions by name, loaded from a store. Thread-safe."""
 
-    def __init__(self, store: Store, interpreter_threads: int = 1) -> None:
+    def __init__(self, store: Store, interpreter_threads: int = 1, solo_interpreter_threads: int = 1) -> None:
         self.store = store
         self.interpreter_threads = interpreter_threads
+        self.solo_interpreter_threads = solo_interpreter_threads
         self._models: dict[str, LoadedModel] = {}
         self._status: dict[str, ModelStatus] = {}
         self._lock = threading.Lock()  # guards the two dicts
@@ -146,7 +147,12 @@ class ModelRegistry:
     def _load(self, stored: StoredModel) -> LoadedModel:
         try:
             encoding = Encoding(stored.manifest.encoding)
-            graph = load_graph(stored.model_path.read_bytes(), encoding, self.interpreter_threads)
+            graph = load_graph(
+                stored.model_path.read_bytes(),
+                encoding,
+                self.interpreter_threads,
+                self.solo_interpreter_threads,
+            )
         except (OSError, ValueError) as exc:
             raise ClassifierError(
                 ErrorKind.INTERNAL, f"model {stored.manifest.name!r} cannot be loaded: {exc}"

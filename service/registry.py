@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     stored: StoredModel
     graph: Graph
+    labels: tuple[str, ...] = ()  # read once at load: the host attaches them for the built-in guest
 
     @property
     def name(self) -> str:
@@ -66,6 +67,18 @@ class ModelEvents(Protocol):
     def model_activated(self, name: str, version: int) -> None: ...
 
     def model_failed(self, name: str, version: int) -> None: ...
+
+
+def _read_labels(stored: StoredModel) -> tuple[str, ...]:
+    """The labels file as the built-in guest reads it: one label per line, a trailing CR dropped."""
+    path = stored.labels_path
+    if path is None:
+        return ()
+    text = path.read_text("utf-8")
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    return tuple(line.removesuffix("\r") for line in lines)
 
 
 class ModelRegistry:
@@ -157,7 +170,7 @@ class ModelRegistry:
             raise ClassifierError(
                 ErrorKind.INTERNAL, f"model {stored.manifest.name!r} cannot be loaded: {exc}"
             ) from exc
-        return LoadedModel(stored, graph)
+        return LoadedModel(stored, graph, _read_labels(stored))
 
     def _status_of(self, name: str) -> ModelStatus:
         with self._lock:

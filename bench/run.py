@@ -166,7 +166,11 @@ class PeerClient:
         self.port = port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.app = appcallback_pb2_grpc.AppCallbackStub(self.channel)
-        wait_healthy(self.channel, self.server, port)
+        try:
+            wait_healthy(self.channel, self.server, port)
+        except BaseException:  # Ctrl-C included: stop what was started
+            self.close()
+            raise
 
     def invoke(self, image: bytes, model: str) -> dict:
         request = invoke_request(image, model, TOP_K)
@@ -255,7 +259,7 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path, daprd: bool = T
         store.put(workload.name, workload.model.read_bytes())
     classifier = Classifier(Settings(store_dir=store_dir, cache_dir=work / "cache"), store=store)
     service = ServiceClient(store_dir, work / "cache")
-    peer = PeerClient()
+    peer: PeerClient | None = None
     results: dict = {
         "smoke": smoke,
         "workloads": {},
@@ -264,6 +268,7 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path, daprd: bool = T
     sidecar = None
     try:
         service.wait_healthy()
+        peer = PeerClient()
         if daprd:
             sidecar = start_sidecar(work / "dapr")
             results["sidecar"] = sidecar_info(sidecar)
@@ -283,7 +288,8 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path, daprd: bool = T
             )
     finally:
         results["service_exit_code"] = service.close()
-        results["peer_exit_code"] = peer.close()
+        if peer is not None:
+            results["peer_exit_code"] = peer.close()
         classifier.close()
         if sidecar is not None:
             results["sidecar"]["exit_codes"] = sidecar.close()

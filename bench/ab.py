@@ -19,21 +19,24 @@ from pathlib import Path
 
 from service.stores.local import LocalStore
 
-from .run import WORKLOADS, ServiceClient, concurrent, timed
+from .run import WORKLOADS, ServiceClient, concurrent, positive_int, timed
 
 LEVELS = (1, 2, 4)
 
 
 def parse_env(text: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in text.split(",") if item)
+    items = [item for item in text.split(",") if item]
+    if not items or not all("=" in item and item.index("=") > 0 for item in items):
+        raise argparse.ArgumentTypeError(f"{text!r}: give VAR=VALUE[,VAR=VALUE...]")
+    return dict(item.split("=", 1) for item in items)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=parse_env)
     parser.add_argument("b", type=parse_env)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--per-round", type=int, default=20)
+    parser.add_argument("--rounds", type=positive_int, default=10)
+    parser.add_argument("--per-round", type=positive_int, default=20)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="classifier-ab-"))
     store = LocalStore(work / "store")

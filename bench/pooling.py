@@ -27,7 +27,7 @@ from service.config import Settings
 from service.pipeline import Classifier
 from service.stores.local import LocalStore
 
-from .run import WORKLOADS, wasm_overhead
+from .run import WORKLOADS, positive_int, wasm_overhead
 
 SLOTS = 64  # instances, memories, tables and stacks the pool reserves
 CONFIG = wasmtime.Config  # the host builds its Config through this name: swapped for the pooled one
@@ -47,8 +47,8 @@ def pooled_config(keep_resident: int) -> wasmtime.Config:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-mib", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--keep-mib", type=positive_int, default=4)
+    parser.add_argument("--rounds", type=positive_int, default=20)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="classifier-pooling-"))
     workload = WORKLOADS[0]

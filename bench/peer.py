@@ -21,9 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from dapr.clients.grpc._request import InvokeMethodRequest
-from dapr.clients.grpc._response import InvokeMethodResponse
-from dapr.ext.grpc import App
+from dapr.ext.grpc import App, InvokeMethodRequest, InvokeMethodResponse
 
 from service.imaging import decode_rgb
 from service.inference.labels import labels_from_metadata

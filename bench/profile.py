@@ -36,8 +36,7 @@ from pathlib import Path
 
 import grpc
 import wasmtime
-from dapr.clients.grpc._response import InvokeMethodResponse
-from dapr.ext.grpc import App
+from dapr.ext.grpc import App, InvokeMethodResponse
 from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 

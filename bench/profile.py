@@ -36,10 +36,12 @@ from pathlib import Path
 
 import grpc
 import wasmtime
+from dapr.ext.grpc import App, InvokeMethodResponse
 from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 
 from service.config import ServeSettings, Settings
+from service.dapr_sdk import grpc_server
 from service.default_guest import MODEL_DIR_IN_GUEST
 from service.demo import invoke_request
 from service.edge.app import ClassifierService
@@ -106,41 +108,54 @@ class EmptyApp(appcallback_pb2_grpc.AppCallbackServicer):
         return common_pb2.InvokeResponse()
 
 
-def serve_empty_app() -> None:
-    """The server side of the gRPC floor: prints its port, serves until killed."""
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=2), options=[("grpc.max_receive_message_length", 32 << 20)]
-    )
-    appcallback_pb2_grpc.add_AppCallbackServicer_to_server(EmptyApp(), server)
+def serve_empty_app(sdk: bool) -> None:
+    """The server side of the gRPC floor: prints its port, serves until killed. `sdk`: the
+    SDK's `App` (its servicer wraps each call: InvokeMethodRequest, metadata, response
+    packing), else a bare grpcio servicer; both on a pool of 2 threads."""
+    options = [("grpc.max_receive_message_length", 32 << 20)]
+    if sdk:
+        app = App(thread_pool=ThreadPoolExecutor(max_workers=2), options=options)
+        app.method("classify")(lambda request: InvokeMethodResponse(b"", "application/json"))
+        server = grpc_server(app)
+    else:
+        server = grpc.server(ThreadPoolExecutor(max_workers=2), options=options)
+        appcallback_pb2_grpc.add_AppCallbackServicer_to_server(EmptyApp(), server)
     print(server.add_insecure_port("127.0.0.1:0"), flush=True)
     server.start()
     server.wait_for_termination()
 
 
 def grpc_floor(image: bytes, model: str, runs: int) -> dict[str, float]:
-    """OnInvoke round trips to a handler that does nothing, in another process."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench.profile", "--empty-app"], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
+    """OnInvoke round trips to a handler that does nothing, in another process: a bare grpcio
+    servicer and the SDK's `App`, taking turns."""
+    servers = {
+        kind: subprocess.Popen(
+            [sys.executable, "-m", "bench.profile", f"--empty-{kind}"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for kind in ("app", "sdk-app")
+    }
     try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            app = appcallback_pb2_grpc.AppCallbackStub(channel)
-            empty = common_pb2.InvokeRequest(method="classify")
-            with_image = invoke_request(image, model, TOP_K)
-            return interleaved(
-                {
-                    "OnInvoke, empty body": lambda: timed(lambda: app.OnInvoke(empty, timeout=10)),
-                    f"OnInvoke, the image as body ({len(image)} bytes)": lambda: timed(
-                        lambda: app.OnInvoke(with_image, timeout=10)
-                    ),
-                },
-                runs,
+        channels = {}
+        for kind, server in servers.items():
+            assert server.stdout is not None
+            channels[kind] = grpc.insecure_channel(f"127.0.0.1:{int(server.stdout.readline())}")
+        empty = common_pb2.InvokeRequest(method="classify")
+        with_image = invoke_request(image, model, TOP_K)
+        cases = {}
+        for kind, title in (("app", "OnInvoke"), ("sdk-app", "OnInvoke, SDK App")):
+            stub = appcallback_pb2_grpc.AppCallbackStub(channels[kind])
+            cases[f"{title}, empty body"] = lambda stub=stub: timed(lambda: stub.OnInvoke(empty, timeout=10))
+            cases[f"{title}, the image as body ({len(image)} bytes)"] = lambda stub=stub: timed(
+                lambda: stub.OnInvoke(with_image, timeout=10)
             )
+        return interleaved(cases, runs)
     finally:
-        server.kill()
-        server.wait()
+        for server in servers.values():
+            server.kill()
+            server.wait()
 
 
 def observability_costs(outcome: Outcome, runs: int) -> dict[str, float]:
@@ -233,8 +248,10 @@ def profile(smoke: bool, out_dir: Path) -> dict:
         )
         default = interleaved(
             {
-                "default guest, with labels": lambda: wasm_overhead(classifier, birds, image),
-                "without labels": lambda: wasm_overhead(classifier, birds, image, labels=False),
+                "default guest, reading the labels file": lambda: wasm_overhead(classifier, birds, image),
+                "without it (as served: the host attaches the labels)": lambda: wasm_overhead(
+                    classifier, birds, image, labels=False
+                ),
             },
             runs,
         )
@@ -272,7 +289,8 @@ def print_profile(results: dict) -> None:
         (f"what one operation adds to a run (stdin: {results['image_bytes']} bytes)", "operation_ms"),
         ("the default guest's overhead (run minus decode and invoke), aiy_birds_v1 + bird.jpg",
          "default_guest_overhead_ms"),
-        ("the gRPC floor: an AppCallback server that does nothing, in another process", "grpc_floor_ms"),
+        ("the gRPC floor: an AppCallback server doing nothing (bare grpcio, the SDK's App), another process",
+         "grpc_floor_ms"),
         ("observing a request at the edge (per request; OTLP export off)", "observability_ms"),
     ]  # fmt: skip
     for title, key in sections:
@@ -294,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few runs each: check it works (CI)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    parser.add_argument("--empty-app", action="store_true", help=argparse.SUPPRESS)  # grpc_floor's server
+    parser.add_argument("--empty-app", action="store_true", help=argparse.SUPPRESS)  # grpc_floor's servers
+    parser.add_argument("--empty-sdk-app", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.empty_app:
-        serve_empty_app()
+    if args.empty_app or args.empty_sdk_app:
+        serve_empty_app(sdk=args.empty_sdk_app)
         return 0
     check_output_dir(parser, args.out)
     print_profile(profile(args.smoke, args.out))

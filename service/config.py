@@ -91,6 +91,8 @@ class Settings:
     guest: Path | None = None  # business-logic guest; default: the embedded classify.wasm
     guest_args: tuple[str, ...] | None = None  # `guest`'s args template if command-style (guest_args.py)
     interpreter_threads: int = 1  # LiteRT threads per interpreter (workers = cores: 1 is best)
+    # Threads of each model's shared interpreter, used by a request alone on the model (1: none)
+    solo_interpreter_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     limits: GuestLimits = field(default_factory=GuestLimits)
 
     @property
@@ -107,6 +109,7 @@ class Settings:
                 "cache_dir": ("CLASSIFIER_CACHE_DIR", Path),
                 "guest": ("CLASSIFIER_GUEST", _guest_file),
                 "interpreter_threads": ("CLASSIFIER_INTERPRETER_THREADS", _positive_int),
+                "solo_interpreter_threads": ("CLASSIFIER_SOLO_INTERPRETER_THREADS", _positive_int),
             },
         )
         if env.get("CLASSIFIER_GUEST_ARGS") is not None:

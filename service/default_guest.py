@@ -4,7 +4,9 @@ The guest side is wasm/include/classify_interface.h and wasm/src/classify.c: cha
 The guest is a WASI command. It gets the image on stdin and, on its command line, the model's name
 and everything it needs to feed and read it: the input's type and shape, how pixels become input
 values (`(x - mean) / std`), how output values become scores (`(q - zero_point) * scale`), the
-top-k and the labels file. It prints `{"predictions": [{"index", "label", "score"}, ...]}`.
+top-k and, optionally, the labels file. It prints `{"predictions": [{"index", "label", "score"}, ...]}`
+(`label` null without a labels file). The built-in guest is run without one: the host attaches
+the model's labels to its predictions (service/pipeline.py), saving a file read over WASI per request.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     stored: StoredModel
     graph: Graph
+    labels: tuple[str, ...] = ()  # read once at load: the host attaches them for the built-in guest
 
     @property
     def name(self) -> str:
@@ -68,12 +69,25 @@ class ModelEvents(Protocol):
     def model_failed(self, name: str, version: int) -> None: ...
 
 
+def _read_labels(stored: StoredModel) -> tuple[str, ...]:
+    """The labels file as the built-in guest reads it: one label per line, a trailing CR dropped."""
+    path = stored.labels_path
+    if path is None:
+        return ()
+    text = path.read_text("utf-8")
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    return tuple(line.removesuffix("\r") for line in lines)
+
+
 class ModelRegistry:
     """Active model versions by name, loaded from a store. Thread-safe."""
 
-    def __init__(self, store: Store, interpreter_threads: int = 1) -> None:
+    def __init__(self, store: Store, interpreter_threads: int = 1, solo_interpreter_threads: int = 1) -> None:
         self.store = store
         self.interpreter_threads = interpreter_threads
+        self.solo_interpreter_threads = solo_interpreter_threads
         self._models: dict[str, LoadedModel] = {}
         self._status: dict[str, ModelStatus] = {}
         self._lock = threading.Lock()  # guards the two dicts
@@ -146,12 +160,17 @@ class ModelRegistry:
     def _load(self, stored: StoredModel) -> LoadedModel:
         try:
             encoding = Encoding(stored.manifest.encoding)
-            graph = load_graph(stored.model_path.read_bytes(), encoding, self.interpreter_threads)
+            graph = load_graph(
+                stored.model_path.read_bytes(),
+                encoding,
+                self.interpreter_threads,
+                self.solo_interpreter_threads,
+            )
         except (OSError, ValueError) as exc:
             raise ClassifierError(
                 ErrorKind.INTERNAL, f"model {stored.manifest.name!r} cannot be loaded: {exc}"
             ) from exc
-        return LoadedModel(stored, graph)
+        return LoadedModel(stored, graph, _read_labels(stored))
 
     def _status_of(self, name: str) -> ModelStatus:
         with self._lock:

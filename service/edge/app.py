@@ -24,6 +24,7 @@ its trace (`service/tracing.py`) goes on to the published result and into error 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -225,6 +226,9 @@ class ClassifierService:
             self._load(classifier, watcher)
             self.classifier, self.watcher = classifier, watcher
             self._warm_workers(classifier)
+            # What start-up made lives as long as the process: out of the collector's way, a
+            # full collection no longer walks it (~0.1 s every few hundred requests before).
+            gc.freeze()
             watcher.start()
             self.ready.set()
             names = ", ".join(f"{name} v{version}" for name, version in classifier.loaded_models()) or "none"

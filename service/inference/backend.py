@@ -72,8 +72,9 @@ class Backend(Protocol):
     builder_count: int  # how many graph builders (byte blobs) a model takes
     file_suffix: str  # how a model file of this encoding is named on disk, e.g. ".tflite"
 
-    def load(self, builders: Sequence[bytes], num_threads: int = 1) -> Graph:
-        """A graph from its builders; ValueError if they are not a usable model."""
+    def load(self, builders: Sequence[bytes], num_threads: int = 1, solo_threads: int = 1) -> Graph:
+        """A graph from its builders; ValueError if they are not a usable model. Contexts get
+        `num_threads` threads each, or `solo_threads` when no other context is open."""
         ...
 
 
@@ -88,12 +89,14 @@ def backend_for(encoding: Encoding) -> Backend | None:
     return _BACKENDS.get(encoding)
 
 
-def load_graph(model: bytes, encoding: Encoding = Encoding.TENSORFLOWLITE, num_threads: int = 1) -> Graph:
+def load_graph(
+    model: bytes, encoding: Encoding = Encoding.TENSORFLOWLITE, num_threads: int = 1, solo_threads: int = 1
+) -> Graph:
     """A graph for one model file; ValueError if no backend takes the encoding or the bytes."""
     backend = backend_for(encoding)
     if backend is None:
         raise ValueError(f"no inference backend for {encoding.value} models")
-    return backend.load([model], num_threads)
+    return backend.load([model], num_threads, solo_threads)
 
 
 def inspect_model(model: bytes, encoding: Encoding = Encoding.TENSORFLOWLITE) -> ModelSpec:

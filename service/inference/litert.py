@@ -3,6 +3,11 @@
 Interpreters are not thread-safe and cost ~6 ms to build, so each worker thread keeps
 its own ready ones per graph. An execution context borrows one for a request and gives
 it back, wiped, at the end: no tensor data survives from one request to the next.
+
+A request alone on the graph uses every core: each graph also owns one shared interpreter
+with `solo_threads` threads, lent to a context opened while no other context of the graph
+is open (and the shared one is free); every other context gets a per-thread interpreter of
+`num_threads`. Idle, a request gets the cores; under load, one thread per request and worker.
 LiteRT (`ai-edge-litert`) is used, with the legacy tflite-runtime as a fallback.
 """
 
@@ -81,11 +86,14 @@ class LiteRtGraph:
 
     encoding = Encoding.TENSORFLOWLITE
 
-    def __init__(self, model: bytes, num_threads: int = 1) -> None:
+    def __init__(self, model: bytes, num_threads: int = 1, solo_threads: int = 1) -> None:
         self.model = model
         self.digest = hashlib.sha256(model).hexdigest()
         self.num_threads = num_threads
         self._local = threading.local()
+        self._lock = threading.Lock()  # guards the two below
+        self._open_contexts = 0
+        self._solo: Interpreter | None = None  # the shared interpreter, while it is not lent
         try:
             first = new_interpreter(model, num_threads)
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError with C++ messages
@@ -97,9 +105,25 @@ class LiteRtGraph:
         self.input_indexes = tuple(d["index"] for d in first.get_input_details())
         self.output_indexes = tuple(d["index"] for d in first.get_output_details())
         self.release(first)
+        self.solo_threads = solo_threads if solo_threads > num_threads else 0  # 0: no shared one
+        if self.solo_threads:
+            self._solo = new_interpreter(model, self.solo_threads)
 
     def new_context(self) -> LiteRtContext:
-        """Borrow a ready interpreter from this thread's pool (or build one)."""
+        """Borrow the shared interpreter if no other context is open, else a ready one from
+        this thread's pool (or build one)."""
+        with self._lock:
+            self._open_contexts += 1
+            solo, self._solo = (self._solo, None) if self._open_contexts == 1 else (None, self._solo)
+        if solo is not None:
+            return LiteRtContext(self, solo, shared=True)
+        try:
+            return LiteRtContext(self, self._per_thread(), shared=False)
+        except BaseException:
+            self.context_closed(None)
+            raise
+
+    def _per_thread(self) -> Interpreter:
         idle: list[Interpreter] = self._idle()
         if idle:
             interpreter = idle.pop()
@@ -108,7 +132,19 @@ class LiteRtGraph:
                 interpreter = new_interpreter(self.model, self.num_threads)
             except Exception as exc:
                 raise InferenceError(InferenceErrorKind.BUSY, f"interpreter: {exc}") from exc
-        return LiteRtContext(self, interpreter)
+        return interpreter
+
+    def solo_free(self) -> bool:
+        """Whether the shared interpreter is there and not lent (False without one)."""
+        with self._lock:
+            return self._solo is not None
+
+    def context_closed(self, solo: Interpreter | None) -> None:
+        """A context is done; `solo`: the shared interpreter it gives back, wiped."""
+        with self._lock:
+            self._open_contexts -= 1
+            if solo is not None:
+                self._solo = solo
 
     def warm(self, count: int = 1) -> None:
         """Make sure the calling thread has `count` ready interpreters (call at start-up)."""
@@ -125,12 +161,16 @@ class LiteRtGraph:
             idle = self._local.idle = []
         return idle
 
-    def release(self, interpreter: Interpreter) -> None:
-        """Wipe what a request left behind and pool the interpreter, so the next one can neither
-        read it nor be skewed by it: recurrent state (an LSTM's variables) changes later answers."""
+    def wipe(self, interpreter: Interpreter) -> None:
+        """Wipe what a request left behind, so the next one can neither read it nor be skewed
+        by it: recurrent state (an LSTM's variables) changes later answers."""
         interpreter.reset_all_variables()
         for index in self.input_indexes + self.output_indexes:
             interpreter.tensor(index)().fill(0)
+
+    def release(self, interpreter: Interpreter) -> None:
+        """Wipe the interpreter and pool it in this thread's pool."""
+        self.wipe(interpreter)
         idle = self._idle()
         if len(idle) < MAX_IDLE_PER_THREAD:
             idle.append(interpreter)
@@ -139,9 +179,10 @@ class LiteRtGraph:
 class LiteRtContext:
     """A graph plus a borrowed interpreter, for one request."""
 
-    def __init__(self, graph: LiteRtGraph, interpreter: Interpreter) -> None:
+    def __init__(self, graph: LiteRtGraph, interpreter: Interpreter, *, shared: bool) -> None:
         self.graph = graph
         self._interpreter: Interpreter | None = interpreter
+        self.shared = shared  # the graph's shared interpreter (every core), not this thread's
 
     @property
     def spec(self) -> ModelSpec:
@@ -172,10 +213,16 @@ class LiteRtContext:
         return self._live().get_tensor(self.graph.output_indexes[index])
 
     def release(self) -> None:
-        """Give the interpreter back to this thread's pool. Safe to call twice."""
+        """Give the interpreter back, wiped (to the graph, or to this thread's pool). Safe to
+        call twice."""
         if self._interpreter is not None:
             interpreter, self._interpreter = self._interpreter, None
-            self.graph.release(interpreter)
+            if self.shared:
+                self.graph.wipe(interpreter)
+                self.graph.context_closed(interpreter)
+            else:
+                self.graph.release(interpreter)
+                self.graph.context_closed(None)
 
 
 class LiteRtBackend:
@@ -184,10 +231,10 @@ class LiteRtBackend:
     builder_count = 1
     file_suffix = ".tflite"
 
-    def load(self, builders: Sequence[bytes], num_threads: int = 1) -> LiteRtGraph:
+    def load(self, builders: Sequence[bytes], num_threads: int = 1, solo_threads: int = 1) -> LiteRtGraph:
         if len(builders) != self.builder_count:
             raise ValueError(f"a TFLite model is 1 graph builder, got {len(builders)}")
-        return LiteRtGraph(builders[0], num_threads)
+        return LiteRtGraph(builders[0], num_threads, solo_threads)
 
 
 LITERT = LiteRtBackend()

@@ -66,6 +66,15 @@ log = logging.getLogger(__name__)
 
 # Faults that may pass: the event is redelivered (RETRY) rather than dropped.
 TRANSIENT = frozenset({ErrorKind.UNAVAILABLE})
+# Threads that receive calls, beyond one per worker: they wait for a worker (the classify pool),
+# so daprd's health probe and `models` are answered while every worker is busy.
+RPC_THREADS = 32
+# grpc.health.v1.Health/Check, for the kubelet's readiness probe (deploy/kubernetes): SERVING
+# exactly while daprd's app health check passes, so a pod joins its Service's endpoints (other
+# sidecars call it) only once its models are loaded. Its two messages have one field each,
+# encoded here rather than with another package: HealthCheckResponse{status: SERVING | NOT_SERVING}.
+GRPC_HEALTH_SERVICE = "grpc.health.v1.Health"
+GRPC_HEALTH_SERVING, GRPC_HEALTH_NOT_SERVING = b"\x08\x01", b"\x08\x02"
 
 
 def connect_store(settings: Settings, serve: ServeSettings) -> tuple[Store, DaprClient | None]:
@@ -93,11 +102,17 @@ class ClassifierService:
         self.failed = threading.Event()  # start-up failed for good: serve() exits 1
         self.fetcher = ImageFetcher(serve.image_url_allowlist, max_bytes=serve.max_message_bytes)
         self.pool = ThreadPoolExecutor(max_workers=serve.workers, thread_name_prefix="classify")
+        # Not the classify pool: a health probe queued behind the classify calls was answered,
+        # under load, after the probe's timeout; daprd then stopped the subscription, and the
+        # events it had read ahead waited a whole processingTimeout to be delivered again.
+        self.rpc_threads = ThreadPoolExecutor(
+            max_workers=serve.workers + RPC_THREADS, thread_name_prefix="rpc"
+        )
         self.metrics = Metrics(serve.workers)
         self.metrics_port = 0  # where /metrics is served once started; 0: not served
         self.spans = SpanExporter.from_env()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
         self.app = App(
-            thread_pool=self.pool,
+            thread_pool=self.rpc_threads,
             options=[
                 ("grpc.max_send_message_length", serve.max_message_bytes),
                 # Twice the limit, so that a body somewhat over it reaches the handlers and gets
@@ -116,6 +131,13 @@ class ClassifierService:
             self.app.subscribe(serve.updates_pubsub, serve.updates_topic)(self.on_update)
         # The SDK's App has no public way to bind port 0 or to stop with a grace period.
         self._server: grpc.Server = grpc_server(self.app)
+        self._server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    GRPC_HEALTH_SERVICE, {"Check": grpc.unary_unary_rpc_method_handler(self.grpc_health)}
+                ),
+            )
+        )
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -156,6 +178,7 @@ class ClassifierService:
         if self.watcher is not None:
             self.watcher.stop()
         self.pool.shutdown(wait=False)
+        self.rpc_threads.shutdown(wait=False)
         if self.classifier is not None:
             self.classifier.close()
         if self.dapr is not None:
@@ -264,6 +287,14 @@ class ClassifierService:
                 ErrorKind.UNAVAILABLE, self.startup_error or "starting: models not loaded yet"
             )
 
+    def grpc_health(self, _request: bytes, _context: grpc.ServicerContext) -> bytes:
+        """grpc.health.v1's Check (any service name): the same answer as `health`."""
+        try:
+            self.health()
+        except ClassifierError:
+            return GRPC_HEALTH_NOT_SERVING
+        return GRPC_HEALTH_SERVING
+
     def _classifier(self) -> Classifier:
         if self.classifier is None or not self.ready.is_set():
             reason = self.startup_error or "the service is starting: models are not loaded yet"
@@ -330,7 +361,13 @@ class ClassifierService:
         if model is None:
             raise invalid_argument("name a model: `model` in the request (or ?model= for raw images)")
         top_k = request.top_k if request.top_k is not None else DEFAULT_TOP_K
-        return classifier.run(request.image, model, top_k, timeout_s=timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def on_worker() -> Outcome:  # the time waiting for a worker counts against the deadline
+            remaining = None if deadline is None else deadline - time.monotonic()
+            return classifier.run(request.image, model, top_k, timeout_s=remaining)
+
+        return self.pool.submit(on_worker).result()
 
     def _finish(
         self,

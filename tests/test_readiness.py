@@ -2,8 +2,8 @@
 gRPC sockets by the daprd double, with models in the double's state store.
 
 - grpc.health.v1.Health/Check (the kubelet's readiness probe in deploy/kubernetes) says SERVING
-  exactly when daprd's app health check passes: a pod joins its Service's endpoints only once its
-  models are loaded.
+  only once the models are loaded and daprd's app health probe has found the app healthy (before
+  that probe daprd refuses calls): a pod joins its Service's endpoints only when daprd takes calls.
 - Both are answered while every worker is busy: daprd's probe used to queue behind the calls in
   flight and time out under load; daprd then stopped the subscription, and the events it had read
   ahead waited a whole processingTimeout (60 s) to be delivered again.
@@ -56,7 +56,9 @@ def grpc_health(port: int) -> str:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         answer = channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=5)
     status = HealthCheckResponse.FromString(answer).status
-    return str(HealthCheckResponse.DESCRIPTOR.enum_types_by_name["ServingStatus"].values_by_number[status].name)
+    return str(
+        HealthCheckResponse.DESCRIPTOR.enum_types_by_name["ServingStatus"].values_by_number[status].name
+    )
 
 
 def wait_for(condition: object, timeout: float, what: str) -> None:
@@ -66,7 +68,7 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_grpc_health_is_serving_only_once_the_models_are_loaded(tmp_path: Path) -> None:
+def test_grpc_health_is_serving_once_the_models_are_loaded_and_daprd_saw_it(tmp_path: Path) -> None:
     daprd = new_daprd()
     service = ServiceProcess(daprd, tmp_path)
     try:
@@ -76,8 +78,10 @@ def test_grpc_health_is_serving_only_once_the_models_are_loaded(tmp_path: Path) 
         assert not daprd.health_check()
 
         upload(daprd, tmp_path, "birds", "aiy_birds_v1")
-        wait_for(lambda: grpc_health(daprd.app_port) == "SERVING", 60, "SERVING after the upload")
+        wait_for(lambda: "ready: models" in service.log(), 60, "the models loaded")
+        assert grpc_health(daprd.app_port) == "NOT_SERVING"  # daprd's last probe failed: it refuses calls
         assert daprd.health_check()
+        assert grpc_health(daprd.app_port) == "SERVING"
         assert daprd.invoke("classify", BIRD, querystring="model=birds").code == grpc.StatusCode.OK
     finally:
         assert service.terminate() == 0

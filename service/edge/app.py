@@ -70,9 +70,10 @@ TRANSIENT = frozenset({ErrorKind.UNAVAILABLE})
 # so daprd's health probe and `models` are answered while every worker is busy.
 RPC_THREADS = 32
 # grpc.health.v1.Health/Check, for the kubelet's readiness probe (deploy/kubernetes): SERVING
-# exactly while daprd's app health check passes, so a pod joins its Service's endpoints (other
-# sidecars call it) only once its models are loaded. Its two messages have one field each,
-# encoded here rather than with another package: HealthCheckResponse{status: SERVING | NOT_SERVING}.
+# while the app is healthy and daprd's last app health probe found it so (daprd forwards calls only
+# then), so a pod joins its Service's endpoints (other sidecars call it) only once daprd takes its
+# calls. Its two messages have one field each, encoded here rather than with another package:
+# HealthCheckResponse{status: SERVING | NOT_SERVING}.
 GRPC_HEALTH_SERVICE = "grpc.health.v1.Health"
 GRPC_HEALTH_SERVING, GRPC_HEALTH_NOT_SERVING = b"\x08\x01", b"\x08\x02"
 
@@ -98,6 +99,7 @@ class ClassifierService:
         self.startup_error: str | None = None  # why start-up is not done (health says it)
         self._state = "starting"
         self.ready = threading.Event()
+        self.sidecar_saw_healthy = False  # daprd's last app health probe passed
         self.stopping = threading.Event()
         self.failed = threading.Event()  # start-up failed for good: serve() exits 1
         self.fetcher = ImageFetcher(serve.image_url_allowlist, max_bytes=serve.max_message_bytes)
@@ -123,7 +125,7 @@ class ClassifierService:
         )
         self.app.method("classify")(self.on_classify)
         self.app.method("models")(self.on_models)
-        self.app.register_health_check(self.health)
+        self.app.register_health_check(self.on_health_probe)
         if serve.dapr:  # pub/sub needs a sidecar; the embedded default has none
             self.app.subscribe(serve.pubsub, serve.images_topic, dead_letter_topic=serve.dead_letter_topic)(
                 self.on_image
@@ -287,13 +289,28 @@ class ClassifierService:
                 ErrorKind.UNAVAILABLE, self.startup_error or "starting: models not loaded yet"
             )
 
+    def on_health_probe(self) -> None:
+        """daprd's app health probe (AppCallbackHealthCheck)."""
+        try:
+            self.health()
+        except ClassifierError:
+            self.sidecar_saw_healthy = False
+            raise
+        self.sidecar_saw_healthy = True
+
     def grpc_health(self, _request: bytes, _context: grpc.ServicerContext) -> bytes:
-        """grpc.health.v1's Check (any service name): the same answer as `health`."""
+        """grpc.health.v1's Check (any service name). Without a sidecar, `health` alone; with
+        one, also daprd's last probe: before its first, daprd refuses the calls it is sent
+        ("app is not in a healthy state"), up to a probe interval (5 s) after the models load."""
         try:
             self.health()
         except ClassifierError:
             return GRPC_HEALTH_NOT_SERVING
-        return GRPC_HEALTH_SERVING
+        return (
+            GRPC_HEALTH_SERVING
+            if self.sidecar_saw_healthy or not self.serve.dapr
+            else GRPC_HEALTH_NOT_SERVING
+        )
 
     def _classifier(self) -> Classifier:
         if self.classifier is None or not self.ready.is_set():

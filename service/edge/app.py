@@ -67,8 +67,9 @@ log = logging.getLogger(__name__)
 # Faults that may pass: the event is redelivered (RETRY) rather than dropped.
 TRANSIENT = frozenset({ErrorKind.UNAVAILABLE})
 # Threads that receive calls, beyond one per worker: they wait for a worker (the classify pool),
-# so daprd's health probe and `models` are answered while every worker is busy.
-RPC_THREADS = 32
+# so daprd's health probe and `models` are answered while every worker is busy. More than
+# daprd's pub/sub `concurrency` (8) plus a few invocations; each waiting call holds its message.
+RPC_THREADS = 16
 # grpc.health.v1.Health/Check, for the kubelet's readiness probe (deploy/kubernetes): SERVING
 # while the app is healthy and daprd's last app health probe found it so (daprd forwards calls only
 # then), so a pod joins its Service's endpoints (other sidecars call it) only once daprd takes its

@@ -99,13 +99,18 @@ class HeldImage:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                held.requested.set()
-                held.release.wait(60)
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(len(BIRD)))
                 self.end_headers()
-                self.wfile.write(BIRD)
+                held.requested.set()
+                # A byte every 0.5 s until released: slow, never idle for the fetcher's timeout.
+                sent = 0
+                while not held.release.wait(0.5) and sent < 240:
+                    self.wfile.write(BIRD[sent : sent + 1])
+                    self.wfile.flush()
+                    sent += 1
+                self.wfile.write(BIRD[sent:])
 
             def log_message(self, *_args: object) -> None:
                 pass

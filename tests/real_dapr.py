@@ -464,13 +464,14 @@ class Stack:
         daprd_args: tuple[str, ...] = (),
         app_health_check: bool = True,
         wait: bool = True,
+        config: Path | None = None,  # another Configuration than the stack's (its own name resolution)
         **app_env: str,
     ) -> tuple[Daprd, App]:
         # The app first, as `dapr run` starts both: daprd waits for the app port before it is ready.
         daprd = Daprd(
             self.workdir,
             self.resources,
-            self.config,
+            config or self.config,
             extra_args=daprd_args,
             app_health_check=app_health_check,
         )

@@ -120,6 +120,10 @@ def test_app_id_ports_body_size_and_names_agree(
     assert annotations["dapr.io/app-id"] == "image-classifier"
     assert annotations["dapr.io/app-protocol"] == "grpc"
     assert int(annotations["dapr.io/app-port"]) == serve.port == ports["grpc"] == ServeSettings().port
+    # The kubelet probes the app's grpc.health.v1 (tests/test_readiness.py) on the pod IP; it says
+    # SERVING only after daprd's app health probe passed, so that probe must be on.
+    assert app["readinessProbe"]["grpc"]["port"] == serve.port and serve.listen_address == "0.0.0.0"
+    assert annotations["dapr.io/enable-app-health-check"] == "true"
     assert (
         ports["metrics"]
         == int(env["CLASSIFIER_METRICS_PORT"])

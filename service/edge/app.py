@@ -75,6 +75,17 @@ log = logging.getLogger(__name__)
 
 # Faults that may pass: the event is redelivered (RETRY) rather than dropped.
 TRANSIENT = frozenset({ErrorKind.UNAVAILABLE})
+# Threads that receive calls, beyond one per worker: they wait for a worker (the classify pool),
+# so daprd's health probe and `models` are answered while every worker is busy. More than
+# daprd's pub/sub `concurrency` (8) plus a few invocations; each waiting call holds its message.
+RPC_THREADS = 16
+# grpc.health.v1.Health/Check, for the kubelet's readiness probe (deploy/kubernetes): SERVING
+# while the app is healthy and daprd's last app health probe found it so (daprd forwards calls only
+# then), so a pod joins its Service's endpoints (other sidecars call it) only once daprd takes its
+# calls. Its two messages have one field each, encoded here rather than with another package:
+# HealthCheckResponse{status: SERVING | NOT_SERVING}.
+GRPC_HEALTH_SERVICE = "grpc.health.v1.Health"
+GRPC_HEALTH_SERVING, GRPC_HEALTH_NOT_SERVING = b"\x08\x01", b"\x08\x02"
 
 
 def connect_store(settings: Settings, serve: ServeSettings) -> tuple[Store, DaprClient | None]:
@@ -98,10 +109,17 @@ class ClassifierService:
         self.startup_error: str | None = None  # why start-up is not done (health says it)
         self._state = "starting"
         self.ready = threading.Event()
+        self.sidecar_saw_healthy = False  # daprd's last app health probe passed
         self.stopping = threading.Event()
         self.failed = threading.Event()  # start-up failed for good: serve() exits 1
         self.fetcher = ImageFetcher(serve.image_url_allowlist, max_bytes=serve.max_message_bytes)
         self.pool = ThreadPoolExecutor(max_workers=serve.workers, thread_name_prefix="classify")
+        # Not the classify pool: a health probe queued behind the classify calls was answered,
+        # under load, after the probe's timeout; daprd then stopped the subscription, and the
+        # events it had read ahead waited a whole processingTimeout to be delivered again.
+        self.rpc_threads = ThreadPoolExecutor(
+            max_workers=serve.workers + RPC_THREADS, thread_name_prefix="rpc"
+        )
         self.metrics = Metrics(serve.workers)
         self.metrics_port = 0  # where /metrics is served once started; 0: not served
         self.spans = SpanExporter.from_env()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
@@ -115,7 +133,7 @@ class ClassifierService:
             self.metrics.stream_frames_skipped.inc, self.metrics.stream_frames_repeated.inc
         )
         self.app = App(
-            thread_pool=self.pool,
+            thread_pool=self.rpc_threads,
             options=[
                 ("grpc.max_send_message_length", serve.max_message_bytes),
                 # Twice the limit, so that a body somewhat over it reaches the handlers and gets
@@ -126,7 +144,7 @@ class ClassifierService:
         )
         self.app.method("classify")(self.on_classify)
         self.app.method("models")(self.on_models)
-        self.app.register_health_check(self.health)
+        self.app.register_health_check(self.on_health_probe)
         if serve.dapr:  # pub/sub needs a sidecar; the embedded default has none
             self.app.subscribe(serve.pubsub, serve.images_topic, dead_letter_topic=serve.dead_letter_topic)(
                 self.on_image
@@ -143,6 +161,13 @@ class ClassifierService:
             self.app.subscribe(serve.updates_pubsub, serve.updates_topic)(self.on_update)
         # The SDK's App has no public way to bind port 0 or to stop with a grace period.
         self._server: grpc.Server = grpc_server(self.app)
+        self._server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    GRPC_HEALTH_SERVICE, {"Check": grpc.unary_unary_rpc_method_handler(self.grpc_health)}
+                ),
+            )
+        )
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -183,6 +208,7 @@ class ClassifierService:
         if self.watcher is not None:
             self.watcher.stop()
         self.pool.shutdown(wait=False)
+        self.rpc_threads.shutdown(wait=False)
         if self.classifier is not None:
             self.classifier.close()
         if self.dapr is not None:
@@ -294,6 +320,29 @@ class ClassifierService:
                 ErrorKind.UNAVAILABLE, self.startup_error or "starting: models not loaded yet"
             )
 
+    def on_health_probe(self) -> None:
+        """daprd's app health probe (AppCallbackHealthCheck)."""
+        try:
+            self.health()
+        except ClassifierError:
+            self.sidecar_saw_healthy = False
+            raise
+        self.sidecar_saw_healthy = True
+
+    def grpc_health(self, _request: bytes, _context: grpc.ServicerContext) -> bytes:
+        """grpc.health.v1's Check (any service name). Without a sidecar, `health` alone; with
+        one, also daprd's last probe: before its first, daprd refuses the calls it is sent
+        ("app is not in a healthy state"), up to a probe interval (5 s) after the models load."""
+        try:
+            self.health()
+        except ClassifierError:
+            return GRPC_HEALTH_NOT_SERVING
+        return (
+            GRPC_HEALTH_SERVING
+            if self.sidecar_saw_healthy or not self.serve.dapr
+            else GRPC_HEALTH_NOT_SERVING
+        )
+
     def _classifier(self) -> Classifier:
         if self.classifier is None or not self.ready.is_set():
             reason = self.startup_error or "the service is starting: models are not loaded yet"
@@ -361,7 +410,13 @@ class ClassifierService:
         if model is None:
             raise invalid_argument("name a model: `model` in the request (or ?model= for raw images)")
         top_k = request.top_k if request.top_k is not None else DEFAULT_TOP_K
-        return classifier.run(request.image, model, top_k, timeout_s=timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def on_worker() -> Outcome:  # the time waiting for a worker counts against the deadline
+            remaining = None if deadline is None else deadline - time.monotonic()
+            return classifier.run(request.image, model, top_k, timeout_s=remaining)
+
+        return self.pool.submit(on_worker).result()
 
     def _finish(
         self,

@@ -468,7 +468,9 @@ class ClassifierService:
                 log.exception("image event %s in a batch", message.id())
                 return "retry"
 
-        return run_spread(self.pool, messages, handle, helpers=self.serve.workers - 1)
+        # Spread from receiving threads: each entry's run() waits on the classify pool, and
+        # helpers on that pool itself, all waiting, would leave no worker to run the entries.
+        return run_spread(self.rpc_threads, messages, handle, helpers=self.serve.workers - 1)
 
     def _handle_image(self, message: SubscriptionMessage, trace: TraceContext, *, in_batch: bool) -> str:
         """One image event, within the in-flight bound: its answer; logged and counted."""

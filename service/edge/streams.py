@@ -111,7 +111,7 @@ def run_spread(
     """`handle` of every item (which should not raise), on the calling thread and up to
     `helpers` pool threads at once, in the order of `items`. The caller works too, so the batch
     finishes even when every pool thread is busy (the caller is a pool thread itself: waiting
-    only on the pool could deadlock)."""
+    only on the pool could deadlock). `handle` must not wait on `pool` itself."""
     answers: list[Answer | None] = [None] * len(items)
     next_index = iter(range(len(items)))
     lock = threading.Lock()

@@ -179,6 +179,8 @@ def follow_results(client: Any, serve: ServeSettings, request: FollowRequest) ->
     def emit(items: list[Emitted]) -> None:
         nonlocal printed
         for item in items:
+            if request.count is not None and printed >= request.count:
+                return  # --count N: the rest released at once is not printed
             if request.as_json:
                 line = json.dumps(
                     item.result

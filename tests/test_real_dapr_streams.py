@@ -111,6 +111,29 @@ def test_publish_frames_dir_and_model_fields(bare, tmp_path: Path) -> None:
     assert {(d["model"], d["top_k"]) for d in by_seq} == {("birds", 2)}
 
 
+def test_ctrl_c_stops_publishing_with_a_summary_of_what_was_published(bare, clip: Path) -> None:
+    built, daprd = bare
+    process = subprocess.Popen(
+        [*CLASSIFIER, "publish", "--video", str(clip), "--fps", "2", "--stream-id", "slow"],
+        env=command_env(daprd),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: len(image_events(built)) >= 2, 60, "two frames published")
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    published = len(image_events(built))
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert 2 <= published < 12
+    assert out.startswith(
+        f"interrupted after publishing {published} frames of stream slow to pubsub/images in "
+    )
+
+
 def test_publish_without_a_sidecar_is_one_line(tmp_path: Path, clip: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAPR_")}
     env.update(DAPR_GRPC_PORT="1", DAPR_HTTP_PORT="1", DAPR_HEALTH_TIMEOUT="1")

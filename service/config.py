@@ -57,6 +57,12 @@ def _log_format(text: str) -> str:
 LOG_FORMATS = ("text", "json")
 
 
+def _on_off(text: str) -> bool:
+    if text.lower() not in ("on", "off"):
+        raise ValueError("must be on or off")
+    return text.lower() == "on"
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -153,6 +159,18 @@ class ServeSettings:
     image_url_allowlist: tuple[str, ...] = ()
     metrics_port: int = 9464  # Prometheus /metrics on listen_address; 0: off
     log_format: str = "text"  # or "json": one JSON object per line
+    # Image events in batches (Dapr bulk subscribe, docs/streams.md): on or off, the most
+    # entries in a batch and how long daprd waits to fill one. Off by default: daprd 1.18's
+    # bulk delivery leaves out the data of binary (data_base64) events, so only JSON gets through.
+    bulk_subscribe: bool = False
+    bulk_max_messages: int = 32
+    bulk_max_await_ms: int = 20
+    max_inflight_events_setting: int | None = None  # None: 2 x workers (max_inflight_events)
+
+    @property
+    def max_inflight_events(self) -> int:
+        """Image events handled at once (single or in batches); more wait for a place."""
+        return self.max_inflight_events_setting or 2 * self.workers
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -180,6 +198,10 @@ class ServeSettings:
                 "image_url_allowlist": ("CLASSIFIER_IMAGE_URL_ALLOWLIST", _names),
                 "metrics_port": ("CLASSIFIER_METRICS_PORT", _port),
                 "log_format": ("CLASSIFIER_LOG_FORMAT", _log_format),
+                "bulk_subscribe": ("CLASSIFIER_BULK_SUBSCRIBE", _on_off),
+                "bulk_max_messages": ("CLASSIFIER_BULK_MAX_MESSAGES", _positive_int),
+                "bulk_max_await_ms": ("CLASSIFIER_BULK_MAX_AWAIT_MS", _positive_int),
+                "max_inflight_events_setting": ("CLASSIFIER_MAX_INFLIGHT_EVENTS", _positive_int),
             },
         )
         values["dapr"] = bool(env.get("DAPR_GRPC_PORT") or env.get("DAPR_GRPC_ENDPOINT"))

@@ -93,6 +93,26 @@ class Metrics:
             ["topic", "status"],
             registry=registry,
         )
+        self.inflight_events_peak = Gauge(
+            "classifier_inflight_events_peak",
+            "The most image events handled at once since start (bound: CLASSIFIER_MAX_INFLIGHT_EVENTS)",
+            registry=registry,
+        )
+        self.event_batches = Counter(
+            "classifier_event_batches",
+            "Bulk deliveries of image events (Dapr bulk subscribe) answered to daprd",
+            registry=registry,
+        )
+        self.stream_frames_skipped = Counter(
+            "classifier_stream_frames_skipped",
+            "Frames of a stream (by seq) that never reached the app: trimmed or lost",
+            registry=registry,
+        )
+        self.stream_frames_repeated = Counter(
+            "classifier_stream_frames_repeated",
+            "Frames of a stream (by seq) that reached the app again (at-least-once delivery)",
+            registry=registry,
+        )
         self.model_info = _ModelInfo()
         registry.register(self.model_info)
         # Every stage shows from the start; its child is looked up once (labels() costs ~1 us).

@@ -12,8 +12,12 @@ using the protos shipped in the dapr wheel. It mirrors daprd where the app can o
 * App channel: ListTopicSubscriptions / HealthCheck without token, OnInvoke and OnTopicEvent with
   ``dapr-api-token``; topic results interpreted like daprd's gRPC postman (retry per resiliency
   policy, DROP and UNIMPLEMENTED drop, dead-letter topics).
+* Bulk subscribe (a subscription whose ``bulk_subscribe.enabled``): daprd's default bulk subscriber
+  over the broker's workers (``Redis concurrency``: 4 here), OnBulkTopicEvent falling back to
+  OnBulkTopicEventAlpha1, per-entry statuses, retries of the failed entries only, dead letters
+  (see ``_deliver_batch``).
 
-Not modelled: app-health gating of invocations/subscriptions, bulk subscribe, bindings, jobs,
+Not modelled: app-health gating of invocations/subscriptions, bindings, jobs,
 actors, TTLs, CEL beyond ``event.<attr> ==/!= "literal"`` joined by ``&&``/``||``.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import queue
 import re
 import secrets
 import socket
@@ -143,6 +148,9 @@ class Subscription:
     metadata: dict[str, str]
     # The default route; daprd uses "" when the app returned neither rules nor default.
     default_path: str | None = ""
+    # Bulk subscribe: the most entries per batch and the wait to fill one; 0 messages: off.
+    bulk_max_messages: int = 0
+    bulk_max_await_ms: int = 0
 
     def path_for(self, attributes: dict[str, str]) -> str | None:
         """The route daprd would deliver to, or None when no rule matches (the event is dropped)."""
@@ -299,15 +307,24 @@ def _cloudevent_from_publish(
 
 
 def _event_for_app(
-    cloudevent: dict[str, Any], pubsub: str, topic: str, traceparent: str, published: Published
+    cloudevent: dict[str, Any],
+    pubsub: str,
+    topic: str,
+    traceparent: str,
+    published: Published,
+    in_batch: bool = False,
 ) -> _Event:
-    """What daprd's GRPCEnvelopeFromSubscriptionMessage makes of a broker CloudEvent."""
+    """What daprd's GRPCEnvelopeFromSubscriptionMessage makes of a broker CloudEvent; in a batch,
+    what extractCloudEvent makes of it, which never reads data_base64: binary events arrive
+    empty (dapr pkg/runtime/pubsub/subscriptions.go:485-503)."""
     content_type = str(cloudevent.get("datacontenttype", ""))
     data = b""
-    if cloudevent.get("data_base64") is not None:
+    if in_batch:
+        pass  # data_base64 is left out (and so never fails to decode)
+    elif cloudevent.get("data_base64") is not None:
         # Go's base64.StdEncoding: strict (Python's default silently skips bad characters).
         data = base64.b64decode(cloudevent["data_base64"], validate=True)
-    elif cloudevent.get("data") is not None:
+    if cloudevent.get("data") is not None and cloudevent.get("data_base64") is None:
         value = cloudevent["data"]
         if _is_string(content_type) and isinstance(value, str):
             data = value.encode()
@@ -511,6 +528,8 @@ class FakeDaprd:
         self._http_server: _HealthzServer | None = None
         self._http_thread: threading.Thread | None = None
         self._broker: ThreadPoolExecutor | None = None
+        self._batchers: dict[tuple[str, str], _Batcher] = {}
+        self.batches: list[int] = []  # the entries of each bulk call made to the app
         self._invoke_channel: grpc.Channel | None = None
         self._app_channel: grpc.Channel | None = None
 
@@ -578,6 +597,8 @@ class FakeDaprd:
     def close(self) -> None:
         """Stop the servers, close the app channels and wait for in-flight broker deliveries."""
         self.stop()
+        for batcher in self._batchers.values():
+            batcher.close()
         if self._broker is not None:
             self._broker.shutdown(wait=True, cancel_futures=True)
             self._broker = None
@@ -861,9 +882,12 @@ class FakeDaprd:
             dead = self._dead_letter_broker(subscription, published, {"raw": True})
             delivery = Delivery("RETRY", 0, dead, last_error=undeliverable)
         else:
+            in_batch = subscription.bulk_max_messages > 0
             try:
                 traceparent = str(cloudevent.get("traceparent") or _traceparent())
-                event = _event_for_app(cloudevent, published.pubsub, published.topic, traceparent, published)
+                event = _event_for_app(
+                    cloudevent, published.pubsub, published.topic, traceparent, published, in_batch
+                )
             except (binascii.Error, ValueError) as error:
                 # A bad data_base64 fails inside the delivery (subscriptions.go:354-368), so the
                 # resiliency policy retries it, then it is dead-lettered (subscription.go:358-405).
@@ -873,7 +897,10 @@ class FakeDaprd:
                 dead = self._dead_letter_broker(subscription, published, cloudevent)
                 delivery = Delivery("RETRY", attempts, dead, last_error=str(error))
             else:
-                delivery = self._deliver_event(subscription, event)
+                if in_batch:  # this broker worker waits for its batch, as Redis' does
+                    delivery = self._batcher(subscription).deliver(event)
+                else:
+                    delivery = self._deliver_event(subscription, event)
         with self._changed:
             self._deliveries.append((published, delivery))
             self._changed.notify_all()
@@ -989,6 +1016,7 @@ class FakeDaprd:
             default_path = subscription.routes.default
         else:
             default_path = None if routes else ""
+        bulk = subscription.bulk_subscribe
         return Subscription(
             pubsub=subscription.pubsub_name,
             topic=subscription.topic,
@@ -996,6 +1024,9 @@ class FakeDaprd:
             dead_letter_topic=subscription.dead_letter_topic,
             metadata=dict(subscription.metadata),
             default_path=default_path,
+            # daprd's defaults for 0 (pkg/runtime/pubsub/default_bulksub.go:26-29, 68-71).
+            bulk_max_messages=(bulk.max_messages_count or 100) if bulk.enabled else 0,
+            bulk_max_await_ms=(bulk.max_await_duration_ms or 1000) if bulk.enabled else 0,
         )
 
     def _subscription(self, pubsub: str, topic: str) -> Subscription | None:
@@ -1162,6 +1193,158 @@ class FakeDaprd:
                 return Delivery("RETRY", attempts, self._dead_letter(subscription, event), error)
             time.sleep(self.resiliency.interval_s if self.resiliency else 0)
 
+    # --- bulk subscribe ---
+
+    def _batcher(self, subscription: Subscription) -> _Batcher:
+        key = (subscription.pubsub, subscription.topic)
+        with self._lock:
+            batcher = self._batchers.get(key)
+            if batcher is None or batcher.subscription != subscription:
+                if batcher is not None:
+                    batcher.close()
+                batcher = self._batchers[key] = _Batcher(self, subscription)
+            return batcher
+
+    def deliver_batch(self, pubsub: str, topic: str, events: list[tuple[bytes, str, str]]) -> list[Delivery]:
+        """Deliver one batch of (data, content type, event id) to the app synchronously, as
+        daprd's bulk subscriber would hand it over (no envelope conversion)."""
+        subscription = self._subscription(pubsub, topic)
+        if subscription is None:
+            return [Delivery("DROP", 0, False) for _ in events]
+        batch = []
+        for data, content_type, event_id in events:
+            traceparent = _traceparent()
+            batch.append(
+                _Event(
+                    id=event_id,
+                    source=FAKE_PUBLISHER_APP_ID,
+                    type=CLOUDEVENT_TYPE,
+                    spec_version="1.0",
+                    data_content_type=content_type,
+                    data=data,
+                    extensions={
+                        "traceid": traceparent,
+                        "traceparent": traceparent,
+                        "pubsubname": pubsub,
+                        "topic": topic,
+                    },
+                    published_data=data,
+                    published_content_type=content_type,
+                )
+            )
+        return self._deliver_batch(subscription, batch)
+
+    def _deliver_batch(self, subscription: Subscription, events: list[_Event]) -> list[Delivery]:
+        """daprd's bulk handler (pkg/runtime/subscription/bulksubscription.go:73-214) and gRPC
+        postman (pkg/runtime/subscription/postman/grpc/grpc.go:151-365) for one batch:
+        - events no route matches are dropped (to the dead-letter topic) before the call;
+        - one OnBulkTopicEvent call per route path, OnBulkTopicEventAlpha1 if it is UNIMPLEMENTED;
+          UNIMPLEMENTED again drops every entry, not dead-lettered; another error fails them all;
+        - per entry: SUCCESS acks; DROP acks and dead-letters it at once; RETRY, an unknown status
+          or no status for an entry (an unknown entry id is ignored) fails it;
+        - the resiliency policy calls again with the failed entries only (bulkresiliency.go:45-53);
+          what still fails goes to the dead-letter topic, if any (bulksubscription.go:196-209)."""
+        deliveries: list[Delivery | None] = [None] * len(events)
+        by_path: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            path = subscription.path_for(event.attributes())
+            if path is None:
+                deliveries[index] = Delivery("DROP", 0, self._dead_letter(subscription, event))
+            else:
+                by_path.setdefault(path, []).append(index)
+        max_attempts = 1 + (self.resiliency.max_retries if self.resiliency else 0)
+        for path, indexes in by_path.items():
+            entry_ids = {str(uuid.uuid4()): index for index in indexes}
+            failing = dict(entry_ids)
+            attempts, error = 0, ""
+            while failing:
+                attempts += 1
+                statuses, error = self._call_on_bulk_topic_event(subscription, path, events, failing)
+                if statuses is None:  # UNIMPLEMENTED twice: every entry dropped
+                    for index in failing.values():
+                        deliveries[index] = Delivery("DROP", attempts, False, error)
+                    failing = {}
+                    break
+                for entry_id, status in statuses.items():
+                    index = failing.get(entry_id)
+                    if index is None:
+                        continue  # daprd: "Invalid entry id received from app"
+                    if status == "SUCCESS":
+                        deliveries[index] = Delivery("SUCCESS", attempts, False)
+                    elif status == "DROP":
+                        dead = self._dead_letter(subscription, events[index])
+                        deliveries[index] = Delivery("DROP", attempts, dead)
+                    else:
+                        continue
+                    del failing[entry_id]
+                if not failing or attempts >= max_attempts:
+                    break
+                time.sleep(self.resiliency.interval_s if self.resiliency else 0)
+            for index in failing.values():
+                dead = self._dead_letter(subscription, events[index])
+                deliveries[index] = Delivery("RETRY", attempts, dead, error or "no SUCCESS for the entry")
+        return [delivery for delivery in deliveries if delivery is not None]
+
+    def _call_on_bulk_topic_event(
+        self, subscription: Subscription, path: str, events: list[_Event], entry_ids: dict[str, int]
+    ) -> tuple[dict[str, DeliveryStatus] | None, str]:
+        """One bulk call: {entry id: status} (a failed call: every entry RETRY), or None when the
+        app implements neither RPC."""
+        entries = []
+        for entry_id, index in entry_ids.items():
+            event = events[index]
+            extensions = struct_pb2.Struct()
+            extensions.update(event.extensions)
+            entries.append(
+                appcallback_pb2.TopicEventBulkRequestEntry(
+                    entry_id=entry_id,
+                    cloud_event=appcallback_pb2.TopicEventCERequest(
+                        id=event.id,
+                        source=event.source,
+                        type=event.type,
+                        spec_version=event.spec_version,
+                        data_content_type=event.data_content_type,
+                        data=event.data,
+                        extensions=extensions,
+                    ),
+                    content_type="application/cloudevents+json",
+                )
+            )
+        request = appcallback_pb2.TopicEventBulkRequest(
+            id=str(uuid.uuid4()),
+            entries=entries,
+            topic=subscription.topic,
+            pubsub_name=subscription.pubsub,
+            type="com.dapr.event.sent.bulk",
+            path=path,
+        )
+        with self._changed:
+            self.batches.append(len(entries))
+        app_channel, _ = self._channels()
+        metadata = self._app_metadata(CONFIGURED_TOKEN)
+        failed: dict[str, DeliveryStatus] = dict.fromkeys(entry_ids, "RETRY")
+        try:
+            try:
+                response = appcallback_pb2_grpc.AppCallbackStub(app_channel).OnBulkTopicEvent(
+                    request, metadata=metadata, timeout=self.app_call_timeout_s
+                )
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                response = appcallback_pb2_grpc.AppCallbackAlphaStub(app_channel).OnBulkTopicEventAlpha1(
+                    request, metadata=metadata, timeout=self.app_call_timeout_s
+                )
+        except grpc.RpcError as error:
+            described = f"{error.code().name}: {error.details()}"
+            return (None if error.code() == grpc.StatusCode.UNIMPLEMENTED else failed), described
+        except ValueError as error:  # restart() closed the channel under this call
+            return failed, str(error)
+        names: dict[int, DeliveryStatus] = {
+            appcallback_pb2.TopicEventResponse.SUCCESS: "SUCCESS",
+            appcallback_pb2.TopicEventResponse.DROP: "DROP",
+        }
+        return {entry.entry_id: names.get(entry.status, "RETRY") for entry in response.statuses}, ""
+
     def _call_on_topic_event(self, request: appcallback_pb2.TopicEventRequest) -> tuple[str, str]:
         app_channel, _ = self._channels()
         # daprd's delivery span is a child of the event's trace (pkg/runtime/pubsub/subscriptions.go:389-405).
@@ -1227,6 +1410,58 @@ class FakeDaprd:
         }
         self._record(published, cloudevent, None)
         return True
+
+
+class _Batcher:
+    """daprd's default bulk subscriber for one subscription (pkg/runtime/pubsub/default_bulksub.go
+    :67-236): the broker's workers hand their messages over and wait; a batch is flushed when it
+    has bulk_max_messages entries or bulk_max_await_ms after its first arrived; one batch at a
+    time. With Redis a batch is at most the component's `concurrency` messages (its workers)."""
+
+    def __init__(self, daprd: FakeDaprd, subscription: Subscription) -> None:
+        self.daprd = daprd
+        self.subscription = subscription
+        self._queue: queue.Queue[tuple[_Event, list[Delivery], threading.Event] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="fake-daprd-bulk", daemon=True)
+        self._thread.start()
+
+    def deliver(self, event: _Event) -> Delivery:
+        answered: list[Delivery] = []
+        done = threading.Event()
+        self._queue.put((event, answered, done))
+        done.wait()
+        return answered[0] if answered else Delivery("RETRY", 0, False, "the double closed")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=self.daprd.app_call_timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.subscription.bulk_max_await_ms / 1000
+            closing = False
+            while len(batch) < self.subscription.bulk_max_messages:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            try:
+                deliveries = self.daprd._deliver_batch(self.subscription, [event for event, _, _ in batch])
+            except Exception as error:  # the app's channel is gone: every entry failed
+                deliveries = [Delivery("RETRY", 1, False, str(error)) for _ in batch]
+            for (_, answered, done), delivery in zip(batch, deliveries, strict=True):
+                answered.append(delivery)
+                done.set()
+            if closing:
+                return
 
 
 __all__ = [

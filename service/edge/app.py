@@ -4,8 +4,11 @@ daprd calls the app through the AppCallback service, served by the SDK's
 `dapr.ext.grpc.App`:
 - service invocation, method `classify` (raw image, JSON or protobuf body) and `models`;
 - pub/sub: images on `images`, results published to `classifications` with the event's
-  id as correlation id; SUCCESS, DROP for bad input (daprd dead-letters it), RETRY for
-  transient faults; update events on `model-updates` refresh a model or the guest;
+  id as correlation id (and a frame's `stream_id`/`seq`/`captured_at`, docs/streams.md);
+  SUCCESS, DROP for bad input (daprd dead-letters it), RETRY for transient faults; in
+  batches when bulk subscription is on, each entry answered on its own, the entries spread
+  over the workers; at most CLASSIFIER_MAX_INFLIGHT_EVENTS image events at once, more wait;
+  update events on `model-updates` refresh a model or the guest;
 - `AppCallbackHealthCheck`: healthy once the models are loaded, until shutdown starts.
 
 Start-up never blocks the port: the server starts at once, and a start-up thread waits
@@ -26,6 +29,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,7 +44,7 @@ from dapr.ext.grpc import (
 )
 
 from ..config import ServeSettings, Settings
-from ..dapr_sdk import grpc_server, sidecar_client
+from ..dapr_sdk import grpc_server, sidecar_client, subscribe_bulk
 from ..errors import ClassifierError, ErrorKind, invalid_argument
 from ..logs import request_line
 from ..metrics import Metrics
@@ -48,7 +52,7 @@ from ..pipeline import DEFAULT_TOP_K, Classifier, Outcome
 from ..stores.base import Store
 from ..stores.dapr import DaprStore
 from ..stores.local import LocalStore
-from ..tracing import SpanExporter, TraceContext, event_trace, publish_metadata
+from ..tracing import SpanExporter, TraceContext, continue_trace, event_trace, publish_metadata
 from ..watcher import Watcher
 from .calls import EdgeInterceptor, current_call
 from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
@@ -57,10 +61,14 @@ from .requests import (
     PROTO_TYPE_NAME,
     ClassifyRequest,
     ImageFetcher,
+    StreamFields,
+    check_batch_entry,
     check_event_data,
     decode_body,
     from_proto,
+    stream_fields_of,
 )
+from .streams import StreamTracker, result_fields, run_spread
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,15 @@ class ClassifierService:
         self.metrics = Metrics(serve.workers)
         self.metrics_port = 0  # where /metrics is served once started; 0: not served
         self.spans = SpanExporter.from_env()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+        # Image events being handled: at most max_inflight_events; more wait (so daprd's own
+        # delivery limits hold the rest back in Redis, docs/streams.md).
+        self.event_places = threading.BoundedSemaphore(serve.max_inflight_events)
+        self._events_lock = threading.Lock()
+        self._events_now = 0
+        self._events_peak = 0
+        self.streams = StreamTracker(
+            self.metrics.stream_frames_skipped.inc, self.metrics.stream_frames_repeated.inc
+        )
         self.app = App(
             thread_pool=self.pool,
             options=[
@@ -113,6 +130,15 @@ class ClassifierService:
             self.app.subscribe(serve.pubsub, serve.images_topic, dead_letter_topic=serve.dead_letter_topic)(
                 self.on_image
             )
+            if serve.bulk_subscribe:
+                subscribe_bulk(
+                    self.app,
+                    serve.pubsub,
+                    serve.images_topic,
+                    serve.bulk_max_messages,
+                    serve.bulk_max_await_ms,
+                    self.on_image_batch,
+                )
             self.app.subscribe(serve.updates_pubsub, serve.updates_topic)(self.on_update)
         # The SDK's App has no public way to bind port 0 or to stop with a grace period.
         self._server: grpc.Server = grpc_server(self.app)
@@ -309,6 +335,7 @@ class ClassifierService:
             return to_proto(response)  # the SDK packs it into an Any
         if classify_request.protobuf:
             return InvokeMethodResponse(to_proto(response).SerializeToString(), "application/x-protobuf")
+        response = {**response, **result_fields(classify_request.stream)}
         return InvokeMethodResponse(json.dumps(response).encode(), "application/json")
 
     def on_models(self, request: InvokeMethodRequest) -> InvokeMethodResponse:
@@ -366,30 +393,72 @@ class ClassifierService:
     # -- pub/sub ---------------------------------------------------------------------------
 
     def on_image(self, message: SubscriptionMessage) -> TopicEventResponse:
-        started = time.perf_counter()
-        started_ns = time.time_ns()
-        call = current_call()
-        trace = event_trace(call.trace, message.extensions())
-        self.metrics.inflight.inc()
-        answer, outcome = "retry", Outcome(error=ClassifierError(ErrorKind.INTERNAL, "internal error"))
-        try:
-            answer, outcome = self._answer_image(message, trace)
-        finally:
-            self.metrics.inflight.dec()
-            self.metrics.event(self.serve.images_topic, answer)
-            self._finish("pubsub", outcome, trace, started, started_ns, event=message.id(), answer=answer)
-        return TopicEventResponse(answer)
+        trace = event_trace(current_call().trace, message.extensions())
+        return TopicEventResponse(self._handle_image(message, trace, in_batch=False))
 
-    def _answer_image(self, message: SubscriptionMessage, trace: TraceContext) -> tuple[str, Outcome]:
+    def on_image_batch(self, messages: Sequence[SubscriptionMessage]) -> list[str]:
+        """A bulk delivery: each entry answered as on_image would, the entries spread over the
+        workers. One entry's failure is its own answer, never the batch's."""
+        self.metrics.event_batches.inc()
+
+        def handle(message: SubscriptionMessage) -> str:
+            try:
+                # The call's metadata carries the span of one entry only: each entry's own trace.
+                return self._handle_image(message, continue_trace(message.extensions()), in_batch=True)
+            except Exception:  # a bug: this entry is redelivered, the others keep their answers
+                log.exception("image event %s in a batch", message.id())
+                return "retry"
+
+        return run_spread(self.pool, messages, handle, helpers=self.serve.workers - 1)
+
+    def _handle_image(self, message: SubscriptionMessage, trace: TraceContext, *, in_batch: bool) -> str:
+        """One image event, within the in-flight bound: its answer; logged and counted."""
+        with self._event_place():
+            started = time.perf_counter()
+            started_ns = time.time_ns()
+            self.metrics.inflight.inc()
+            answer, outcome = "retry", Outcome(error=ClassifierError(ErrorKind.INTERNAL, "internal error"))
+            try:
+                answer, outcome = self._answer_image(message, trace, in_batch)
+            finally:
+                self.metrics.inflight.dec()
+                self.metrics.event(self.serve.images_topic, answer)
+                self._finish("pubsub", outcome, trace, started, started_ns, event=message.id(), answer=answer)
+            return answer
+
+    @contextlib.contextmanager
+    def _event_place(self) -> Iterator[None]:
+        """A place among the max_inflight_events; waits for one while all are taken."""
+        with self.event_places:
+            with self._events_lock:
+                self._events_now += 1
+                if self._events_now > self._events_peak:
+                    self._events_peak = self._events_now
+                    self.metrics.inflight_events_peak.set(self._events_peak)
+            try:
+                yield
+            finally:
+                with self._events_lock:
+                    self._events_now -= 1
+
+    def _answer_image(
+        self, message: SubscriptionMessage, trace: TraceContext, in_batch: bool = False
+    ) -> tuple[str, Outcome]:
         """success, drop or retry for one image event, and how its request went."""
         event_id = message.id()
         outcome = Outcome()
+        stream: StreamFields | None = None  # the request's, once decoded
         try:
             if not self.ready.is_set():  # only without daprd's app health check: with it, no delivery yet
                 raise ClassifierError(ErrorKind.UNAVAILABLE, f"not ready: {self.startup_error or 'starting'}")
             check_body_size(len(message.raw_data()), self.serve)
+            if in_batch:
+                check_batch_entry(message.raw_data(), message.data_content_type() or "")
             check_event_data(message.raw_data(), message.data_content_type() or "")
             request = decode_body(message.raw_data(), message.data_content_type() or "", "", self.fetcher)
+            stream = request.stream
+            if stream.stream_id is not None and stream.seq is not None:
+                self.streams.seen(stream.stream_id, stream.seq)
             outcome = self.run(request)
             result = outcome.result()
         except ClassifierError as exc:
@@ -398,9 +467,14 @@ class ClassifierService:
                 return "retry", outcome  # daprd redelivers per components/resiliency.yaml
             # The requester learns why; daprd sends the event itself to the dead-letter topic.
             error = {**exc.to_dict(), "trace_id": trace.trace_id}
-            published = self._publish_result({"correlation_id": event_id, "error": error}, trace)
+            if stream is None:  # not decoded: what can be read of the stream fields
+                stream = stream_fields_of(message.raw_data())
+            failed = {"correlation_id": event_id, "error": error, **result_fields(stream)}
+            published = self._publish_result(failed, trace)
             return ("drop" if published else "retry"), outcome
-        published = self._publish_result({"correlation_id": event_id, **result}, trace)
+        published = self._publish_result(
+            {"correlation_id": event_id, **result, **result_fields(stream)}, trace
+        )
         return ("success" if published else "retry"), outcome
 
     def on_update(self, message: SubscriptionMessage) -> TopicEventResponse:

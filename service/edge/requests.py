@@ -10,6 +10,9 @@ invoke --data-file` sends `application/json` whatever the file is):
   `isBase64Encoded`), as SCF and AWS Lambda hand to functions, is unwrapped: its `body` is
   the request, in any of these forms;
 - anything else: the raw image bytes, with `model` and `top_k` from the query string.
+
+A JSON request may also carry a frame's place in a stream (`stream_id`, `seq`, `captured_at`,
+docs/streams.md): results carry them back.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,7 +30,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from ..errors import invalid_argument
+from ..errors import ClassifierError, invalid_argument
 from ..stores.base import check_name
 from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
 
@@ -36,12 +41,33 @@ JSON_FIELDS = ("image_base64", "image_url", "model", "top_k")
 GATEWAY_KEYS = ("requestContext", "headers", "httpMethod", "isBase64Encoded")
 
 
+STREAM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class StreamFields:
+    """Where a frame sits in a stream, as the publisher said; each None when not given."""
+
+    stream_id: str | None = None
+    seq: int | None = None
+    captured_at: float | None = None  # Unix time in seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that were given, as a result carries them back."""
+        fields = {"stream_id": self.stream_id, "seq": self.seq, "captured_at": self.captured_at}
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+NO_STREAM = StreamFields()
+
+
 @dataclass(frozen=True)
 class ClassifyRequest:
     image: bytes
     model: str | None = None  # None: the service's default model
     top_k: int | None = None  # None: the default
     protobuf: bool = False  # answer in protobuf
+    stream: StreamFields = NO_STREAM
 
 
 @dataclass(frozen=True)
@@ -121,6 +147,22 @@ def check_event_data(data: bytes, content_type: str) -> None:
         )
 
 
+def check_batch_entry(data: bytes, content_type: str) -> None:
+    """Refuse an entry of a bulk delivery that daprd emptied: daprd 1.18 builds a batch's entries
+    from the CloudEvent's `data` only, never its `data_base64` (dapr pkg/runtime/pubsub/
+    subscriptions.go:485-503), so every binary event arrives without its bytes."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    # daprd keeps the data of JSON and string (text) types.
+    kept = media_type in ("application/json", "application/xml") or media_type.endswith("+json")
+    if not data and not (kept or media_type.startswith("text/")):
+        raise invalid_argument(
+            f"the event's data is empty: daprd's bulk delivery leaves out the bytes of binary events "
+            f"({content_type or 'no content type'}, sent as data_base64); publish images as JSON "
+            '{"image_base64": ...} to a service with bulk subscription on, or serve with '
+            "CLASSIFIER_BULK_SUBSCRIBE=off"
+        )
+
+
 def decode_protobuf(data: bytes) -> ClassifyRequest:
     message = ClassifyRequestProto()
     try:
@@ -168,7 +210,47 @@ def decode_json(data: bytes, fetcher: ImageFetcher, *, envelope_allowed: bool = 
     top_k = fields.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
         raise invalid_argument(f"top_k must be an integer, got {json.dumps(top_k)[:40]}")
-    return ClassifyRequest(image=image, model=check_name(model) if model else None, top_k=top_k)
+    return ClassifyRequest(
+        image=image, model=check_name(model) if model else None, top_k=top_k, stream=stream_fields(fields)
+    )
+
+
+def stream_fields(body: dict[str, Any]) -> StreamFields:
+    """A JSON request's `stream_id`, `seq` and `captured_at`; a bad value is invalid_argument."""
+    stream_id, seq, captured_at = body.get("stream_id"), body.get("seq"), body.get("captured_at")
+    if stream_id is not None and not (isinstance(stream_id, str) and STREAM_ID.fullmatch(stream_id)):
+        raise invalid_argument(
+            f"stream_id must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {json.dumps(stream_id)[:40]}"
+        )
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63):
+        raise invalid_argument(f"seq must be an integer from 0 to 2**63-1, got {json.dumps(seq)[:40]}")
+    if captured_at is not None and (
+        isinstance(captured_at, bool)
+        or not isinstance(captured_at, int | float)
+        or not math.isfinite(captured_at)
+        or captured_at < 0
+    ):
+        raise invalid_argument(
+            f"captured_at must be a Unix time in seconds (a number >= 0), got {json.dumps(captured_at)[:40]}"
+        )
+    return StreamFields(stream_id, seq, None if captured_at is None else float(captured_at))
+
+
+def stream_fields_of(data: bytes) -> StreamFields:
+    """The valid stream fields of an event that failed (for its error result); best effort."""
+    try:
+        body = json.loads(data) if data.lstrip()[:1] == b"{" else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return NO_STREAM
+    if not isinstance(body, dict):
+        return NO_STREAM
+    fields: dict[str, Any] = {}
+    for key in ("stream_id", "seq", "captured_at"):
+        try:
+            fields.update(stream_fields({key: body.get(key)}).to_dict())
+        except ClassifierError:
+            continue  # a bad value is not echoed: the error says what was wrong with it
+    return StreamFields(**fields)
 
 
 def decode_gateway_event(event: dict[str, Any], fetcher: ImageFetcher) -> ClassifyRequest:

@@ -13,6 +13,8 @@ import base64
 import io
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -295,3 +297,63 @@ def test_a_video_through_serve_comes_back_classified_in_order(tmp_path: Path, bu
             follower.stop()
     assert [line.split(":")[0] for line in follower.lines] == [f"cam #{seq}" for seq in range(20)]
     assert all("ms after capture" in line and "error" not in line for line in follower.lines), follower.lines
+
+
+STREAMS_DOC = ROOT / "docs" / "streams.md"
+
+
+def shown_sessions() -> list[tuple[str, list[str]]]:
+    """docs/streams.md "From the command line": each `$ classifier ...` and the lines shown under it."""
+    section = STREAMS_DOC.read_text().split("## From the command line\n", 1)[1].split("\n## ", 1)[0]
+    sessions: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```console\n(.*?)```", section, re.S):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                sessions.append((line[2:], []))
+            else:
+                sessions[-1][1].append(line)
+    return sessions
+
+
+def masked(lines: list[str]) -> list[str]:
+    """The lines with what varies from run to run (times, rates, latencies from capture) as N."""
+    varying = re.compile(r"\d+\.\d s|\d+\.\d frames/s|\d+ ms after")
+    return [varying.sub(lambda m: re.sub(r"[\d.]+", "N", m[0]), line) for line in lines]
+
+
+def stream_results(built: Stack, stream_id: str) -> set[int]:
+    seqs = set()
+    for _, fields in built.redis.client().xrange("classifications"):
+        data = json.loads(fields[b"data"]).get("data", {})
+        if isinstance(data, dict) and data.get("stream_id") == stream_id:
+            seqs.add(data["seq"])
+    return seqs
+
+
+def test_the_commands_in_docs_streams_run_as_shown(tmp_path: Path) -> None:
+    """Each command as shown, in the shell of a sidecar; stderr's first line before stdout, its last after
+    (as a terminal shows them). Each `publish` is waited for (all its results on the topic) before the
+    next command, so that `results` reads them as classified, not the machine's load."""
+    sessions = shown_sessions()
+    assert [command.split()[1] for command, _ in sessions] == ["publish", "results", "publish"]
+    make_clip(tmp_path / "clip.mp4", 20, 640, 480)
+    with stack(tmp_path / "stack") as built:
+        upload_birds(built.daprd, tmp_path)
+        built.app.wait_ready()
+        sidecar = built.add_sidecar("camera")
+        for command, shown in sessions:
+            argv = [str(tmp_path / "clip.mp4") if a == "clip.mp4" else a for a in shlex.split(command)[1:]]
+            done = classifier(sidecar, *argv)
+            assert done.returncode == 0, (command, done.stderr)
+            err = done.stderr.splitlines()
+            printed = [*err[:1], *done.stdout.splitlines(), *err[1:]]
+            printed = [line.replace(str(tmp_path / "clip.mp4"), "clip.mp4") for line in printed]
+            assert masked(printed) == masked(shown), "\n".join([f"$ {command}", *printed])
+            if argv[0] == "publish":
+                stream_id = argv[argv.index("--stream-id") + 1]
+                frames = int(re.search(r"published (\d+) frames", done.stdout)[1])
+                wait_for(
+                    lambda s=stream_id, n=frames: len(stream_results(built, s)) == n,
+                    120,
+                    f"{stream_id} classified",
+                )

@@ -92,8 +92,8 @@ def publish_frames(client: Any, serve: ServeSettings, request: PublishRequest, s
         )
 
     summary = PublishSummary()
-    pace = f"{fps:g} frames/s" if fps > 0 else "as fast as it goes"
-    print(f"publishing {source.name} as stream {options.stream_id} at {pace}", file=sys.stderr)
+    pace = f"at {fps:g} frames/s" if fps > 0 else "as fast as it goes"
+    print(f"publishing {source.name} as stream {options.stream_id} {pace}", file=sys.stderr)
     outcome, code = "published", 0
     try:
         publish_stream(source.frames, publish, options, summary, _progress_printer())

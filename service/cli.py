@@ -155,11 +155,40 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument("--app-id", default="image-classifier")
     invoke.set_defaults(handler=_invoke)
 
-    publish = commands.add_parser("publish", help="publish images to the images topic through the sidecar")
-    publish.add_argument("images", nargs="+", type=Path)
+    publish = commands.add_parser(
+        "publish",
+        help="publish images, or a stream of frames (--video, --frames), to the images topic (sidecar)",
+    )
+    publish.add_argument("images", nargs="*", type=Path)
     publish.add_argument("--model")
     publish.add_argument("--top-k", type=int)
+    _stream_options(publish)
     publish.set_defaults(handler=_publish)
+
+    results = commands.add_parser(
+        "results",
+        help="print the results of streams from the results topic, in seq order, through the sidecar",
+    )
+    results.add_argument(
+        "--stream-id", metavar="ID", help="only this stream's results (default: every stream)"
+    )
+    results.add_argument("--follow", action="store_true", help="until Ctrl-C (default: until --idle passes)")
+    results.add_argument(
+        "--idle",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="without --follow: stop after S s with none",
+    )
+    results.add_argument("--count", type=_positive_int, metavar="N", help="stop after N results")
+    results.add_argument(
+        "--window", type=_positive_int, default=32, metavar="N", help="results held behind a gap at most"
+    )
+    results.add_argument(
+        "--wait", type=_non_negative_float, default=2.0, metavar="S", help="the longest a gap is waited for"
+    )
+    results.add_argument("--json", action="store_true", help="one result (or skipped gap) per line, as JSON")
+    results.set_defaults(handler=_results)
 
     classify = commands.add_parser(
         "classify", help="classify images through the business-logic guest", parents=[with_store]
@@ -533,10 +562,74 @@ def _call_error(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _stream_options(publish: argparse.ArgumentParser) -> None:
+    source = publish.add_mutually_exclusive_group()
+    source.add_argument("--video", type=Path, metavar="FILE", help="publish the frames of a video, as JPEG")
+    source.add_argument("--frames", type=Path, metavar="DIR", help="publish a folder's images as a stream")
+    publish.add_argument(
+        "--fps",
+        type=_non_negative_float,
+        help="frames per second (default: the video's rate; 10 for --frames)",
+    )
+    publish.add_argument("--stream-id", metavar="ID", help="default: the file's name and a random suffix")
+    publish.add_argument("--max-frames", type=_positive_int, metavar="N")
+    publish.add_argument(
+        "--max-inflight", type=_positive_int, default=8, metavar="N", help="publishes at once"
+    )
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from dapr.clients import DaprClient
 
+    from .streams import commands as streams
+
     serve = ServeSettings.from_env()
+    stream = args.video is not None or args.frames is not None
+    if stream and args.images:
+        raise invalid_argument("give images, or --video FILE, or --frames DIR: not both")
+    if not stream and not args.images:
+        raise invalid_argument("nothing to publish: give images, or --video FILE, or --frames DIR")
+    stream_only = ("--fps", args.fps), ("--stream-id", args.stream_id), ("--max-frames", args.max_frames)
+    if not stream and any(value is not None for _, value in stream_only):
+        used = next(name for name, value in stream_only if value is not None)
+        raise invalid_argument(f"{used} is for a stream: give --video FILE or --frames DIR")
+    if stream:
+        request = streams.PublishRequest(
+            video=args.video,
+            frames=args.frames,
+            fps=args.fps,
+            stream_id=None if args.stream_id is None else streams.check_stream_id(args.stream_id),
+            max_frames=args.max_frames,
+            max_inflight=args.max_inflight,
+            model=args.model,
+            top_k=args.top_k,
+        )
+        source = streams.open_source(request)  # a bad file fails before the sidecar is waited for
+        with _sidecar(lambda: DaprClient(max_grpc_message_length=serve.max_message_bytes)) as client:
+            return streams.publish_frames(client, serve, request, source)
     failed = 0
     with _sidecar(lambda: DaprClient(max_grpc_message_length=serve.max_message_bytes)) as client:
         for image in args.images:
@@ -561,6 +654,25 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             print(f"published {image} to {serve.pubsub}/{serve.images_topic} as event {event_id}")
     return 1 if failed else 0
+
+
+def _results(args: argparse.Namespace, settings: Settings) -> int:
+    from dapr.clients import DaprClient
+
+    from .streams import commands as streams
+
+    request = streams.FollowRequest(
+        stream_id=None if args.stream_id is None else streams.check_stream_id(args.stream_id),
+        follow=args.follow,
+        idle_s=args.idle,
+        count=args.count,
+        window=args.window,
+        wait_s=args.wait,
+        as_json=args.json,
+    )
+    serve = ServeSettings.from_env()
+    with _sidecar(lambda: DaprClient(max_grpc_message_length=serve.max_message_bytes)) as client:
+        return streams.follow_results(client, serve, request)
 
 
 def _classify(args: argparse.Namespace, settings: Settings) -> int:

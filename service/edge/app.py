@@ -50,6 +50,7 @@ from ..stores.dapr import DaprStore
 from ..stores.local import LocalStore
 from ..tracing import SpanExporter, TraceContext, event_trace, publish_metadata
 from ..watcher import Watcher
+from .answers import TRANSIENT, image_answer, publishes_error, update_answer
 from .calls import EdgeInterceptor, current_call
 from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
 from .classifier_pb2 import ClassifyResponse as ClassifyResponseProto
@@ -63,9 +64,6 @@ from .requests import (
 )
 
 log = logging.getLogger(__name__)
-
-# Faults that may pass: the event is redelivered (RETRY) rather than dropped.
-TRANSIENT = frozenset({ErrorKind.UNAVAILABLE})
 
 
 def connect_store(settings: Settings, serve: ServeSettings) -> tuple[Store, DaprClient | None]:
@@ -394,14 +392,14 @@ class ClassifierService:
             result = outcome.result()
         except ClassifierError as exc:
             outcome.error = exc.with_traceback(None)  # its frames hold `outcome`: no cycle
-            if exc.kind in TRANSIENT:
-                return "retry", outcome  # daprd redelivers per components/resiliency.yaml
+            if not publishes_error(exc.kind):
+                return image_answer(exc.kind, published=False), outcome
             # The requester learns why; daprd sends the event itself to the dead-letter topic.
             error = {**exc.to_dict(), "trace_id": trace.trace_id}
             published = self._publish_result({"correlation_id": event_id, "error": error}, trace)
-            return ("drop" if published else "retry"), outcome
+            return image_answer(exc.kind, published), outcome
         published = self._publish_result({"correlation_id": event_id, **result}, trace)
-        return ("success" if published else "retry"), outcome
+        return image_answer(None, published), outcome
 
     def on_update(self, message: SubscriptionMessage) -> TopicEventResponse:
         answer = self._answer_update(message)
@@ -421,8 +419,8 @@ class ClassifierService:
             self.watcher.on_update(kind, name)
         except ClassifierError as exc:
             log.warning("update of %s %s: %s", kind, name, exc.message)
-            return "retry" if exc.kind in TRANSIENT else "drop"
-        return "success"
+            return update_answer(exc.kind)
+        return update_answer(None)
 
     def _publish_result(self, result: dict[str, Any], trace: TraceContext) -> bool:
         """Publish a result event continuing the request's trace (daprd writes the metadata's

@@ -217,3 +217,19 @@ def test_timed_decode_refuses_past_the_deadline_without_decoding() -> None:
     with pytest.raises(AbiFailure, match=r"^deadline exceeded$") as failed:
         timed_decode(call, Errno.REFUSED, decode)
     assert failed.value.errno == Errno.REFUSED and call.deadline_hit and "decode" not in call.host_seconds
+
+
+def test_a_host_function_called_outside_a_guest_run_traps_saying_so() -> None:
+    @errno_function("test-abi", errnos(missing_memory_traps=False))
+    def anything(memory: GuestMemory, call: guest_call.GuestCall, a: int, b: int, c: int) -> None:
+        raise AssertionError("not reached: there is no run")
+
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    linker = wasmtime.Linker(engine)
+    define_errno_functions(linker, "host", [anything])
+    instance = linker.instantiate(
+        store, wasmtime.Module(engine, GUEST.format(name="anything", memory=MEMORY))
+    )
+    with pytest.raises(RuntimeError, match=r"^host function called outside a guest run$"):
+        instance.exports(store)["run"](store, 0, 0, 0)

@@ -55,6 +55,7 @@ from ..stores.dapr import DaprStore
 from ..stores.local import LocalStore
 from ..tracing import SpanExporter, TraceContext, continue_trace, event_trace, publish_metadata
 from ..watcher import Watcher
+from .answers import TRANSIENT, image_answer, publishes_error, update_answer
 from .calls import EdgeInterceptor, current_call
 from .classifier_pb2 import ClassifyRequest as ClassifyRequestProto
 from .classifier_pb2 import ClassifyResponse as ClassifyResponseProto
@@ -73,8 +74,6 @@ from .streams import StreamTracker, result_fields, run_spread
 
 log = logging.getLogger(__name__)
 
-# Faults that may pass: the event is redelivered (RETRY) rather than dropped.
-TRANSIENT = frozenset({ErrorKind.UNAVAILABLE})
 # Threads that receive calls, beyond one per worker: they wait for a worker (the classify pool),
 # so daprd's health probe and `models` are answered while every worker is busy. More than
 # daprd's pub/sub `concurrency` (8) plus a few invocations; each waiting call holds its message.
@@ -524,19 +523,19 @@ class ClassifierService:
             result = outcome.result()
         except ClassifierError as exc:
             outcome.error = exc.with_traceback(None)  # its frames hold `outcome`: no cycle
-            if exc.kind in TRANSIENT:
-                return "retry", outcome  # daprd redelivers per components/resiliency.yaml
+            if not publishes_error(exc.kind):
+                return image_answer(exc.kind, published=False), outcome
             # The requester learns why; daprd sends the event itself to the dead-letter topic.
             error = {**exc.to_dict(), "trace_id": trace.trace_id}
             if stream is None:  # not decoded: what can be read of the stream fields
                 stream = stream_fields_of(message.raw_data())
             failed = {"correlation_id": event_id, "error": error, **result_fields(stream)}
             published = self._publish_result(failed, trace)
-            return ("drop" if published else "retry"), outcome
+            return image_answer(exc.kind, published), outcome
         published = self._publish_result(
             {"correlation_id": event_id, **result, **result_fields(stream)}, trace
         )
-        return ("success" if published else "retry"), outcome
+        return image_answer(None, published), outcome
 
     def on_update(self, message: SubscriptionMessage) -> TopicEventResponse:
         answer = self._answer_update(message)
@@ -556,8 +555,8 @@ class ClassifierService:
             self.watcher.on_update(kind, name)
         except ClassifierError as exc:
             log.warning("update of %s %s: %s", kind, name, exc.message)
-            return "retry" if exc.kind in TRANSIENT else "drop"
-        return "success"
+            return update_answer(exc.kind)
+        return update_answer(None)
 
     def _publish_result(self, result: dict[str, Any], trace: TraceContext) -> bool:
         """Publish a result event continuing the request's trace (daprd writes the metadata's

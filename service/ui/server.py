@@ -141,10 +141,10 @@ class UiServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, port: int, config: PageConfig, max_body_bytes: int) -> None:
-        super().__init__((LOOPBACK, port), _Handler)
+        self.streams: StreamFanOut | None = None  # set before serving when config.streams
+        super().__init__((LOOPBACK, port), _Handler)  # first the above: a failed bind calls server_close
         self.config = config
         self.app: AppChannel | None = None  # set before serving when the page calls /api
-        self.streams: StreamFanOut | None = None  # set before serving when config.streams
         self.max_body_bytes = max_body_bytes
         self.connect_origin = _origin(config.invoke_base)
 

@@ -21,6 +21,11 @@ from ..streams.follow import Emitted, ReorderBuffer, Result, stream_fields
 
 Event = dict[str, Any]  # one SSE event's JSON: {"type": "result" | "skipped" | "duplicate", ...}
 CLIENT_QUEUE = 256  # events held for one browser before its oldest are dropped
+# A gap is waited for this long (or REORDER_WINDOW results) before it is skipped: longer than the 2 s of
+# `classifier results`, since a person watching can wait, and a frame classified slowly (a busy replica)
+# would otherwise be skipped, then dropped as too late when it comes.
+REORDER_WAIT_S = 5.0
+REORDER_WINDOW = 32
 IDLE_WAKE_S = 0.5  # how often the fan-out looks whether it was closed, with nothing to do
 
 
@@ -66,7 +71,7 @@ class Watcher:
 class StreamFanOut:
     """The results of every stream in seq order (one ReorderBuffer), to the watchers of each stream id."""
 
-    def __init__(self, window: int = 32, wait_s: float = 2.0) -> None:
+    def __init__(self, window: int = REORDER_WINDOW, wait_s: float = REORDER_WAIT_S) -> None:
         self._buffer = ReorderBuffer(window, wait_s)
         self._watchers: dict[str, list[Watcher]] = {}
         self._lock = threading.Lock()

@@ -508,12 +508,15 @@ class Stack:
             app.wait_listening()
         return daprd, app
 
-    def add_sidecar(self, app_id: str, *, config: Path | None = None) -> Daprd:
+    def add_sidecar(
+        self, app_id: str, *, config: Path | None = None, daprd_args: tuple[str, ...] = ()
+    ) -> Daprd:
         """A daprd of another app id with no app (a caller, an uploader), same components."""
         daprd = Daprd(
             self.workdir,
             self.resources,
             config or self.config,
+            extra_args=daprd_args,
             app_id=app_id,
             app_port=0,
             app_health_check=False,

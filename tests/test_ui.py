@@ -345,3 +345,20 @@ def test_a_store_with_no_model_yet_says_so_until_one_is_stored(browser, tmp_path
             assert status.text_content() == "1 model in the store."
     finally:
         assert process.stop() == 0, process.log()[-3000:]
+
+
+@pytest.mark.browser
+def test_without_a_sidecar_the_stream_view_says_it_needs_one(ui: str, browser) -> None:
+    with open_page(browser, ui) as opened:
+        page = opened.page
+        assert page.get_by_role("heading", name="Stream").count() == 1
+        summary = page.locator("#stream-summary")
+        assert summary.text_content() == (
+            "Streams need a Dapr sidecar: start classifier ui with one (dapr run … -- classifier ui) "
+            "to follow the results of a stream here."
+        )
+        assert summary.get_attribute("aria-live") == "polite"
+        assert page.get_by_label("Stream id").is_disabled()
+        assert page.get_by_role("button", name="Follow").is_disabled()
+        assert not any("/api/streams/" in r.url for r in opened.requests)
+        assert opened.console_errors == []

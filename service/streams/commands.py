@@ -148,12 +148,12 @@ class FollowRequest:
     as_json: bool
 
 
-_CLOSED = object()  # the subscription ended
+CLOSED = object()  # the subscription ended
 
 
 def _read_messages(subscription: Any, out: queue.Queue[object]) -> None:
     """The reader thread: every message acknowledged (a viewer drops nothing for the others: its consumer
-    group is its own), each JSON result put on `out`; then _CLOSED, or the error that ended the stream."""
+    group is its own), each JSON result put on `out`; then CLOSED, or the error that ended the stream."""
     from dapr.common.pubsub.subscription import StreamCancelledError, StreamInactiveError
 
     try:
@@ -165,11 +165,26 @@ def _read_messages(subscription: Any, out: queue.Queue[object]) -> None:
             subscription.respond_success(message)
             if isinstance(data, dict):
                 out.put(data)
-        out.put(_CLOSED)
+        out.put(CLOSED)
     except (StreamInactiveError, StreamCancelledError):
-        out.put(_CLOSED)
+        out.put(CLOSED)
     except Exception as exc:
         out.put(exc)
+
+
+def subscribe_results(client: Any, serve: ServeSettings) -> tuple[Any, queue.Queue[object]]:
+    """A streaming subscription to the results topic, read by a thread of its own: the queue gets each
+    JSON result (a dict), then CLOSED or the exception that ended it. Close the subscription to stop."""
+    try:
+        subscription = client.subscribe(serve.pubsub, serve.results_topic)
+    except Exception as exc:
+        raise ClassifierError(
+            ErrorKind.UNAVAILABLE, f"cannot subscribe to {serve.pubsub}/{serve.results_topic}: {exc}"
+        ) from None
+    messages: queue.Queue[object] = queue.Queue()
+    reader = threading.Thread(target=_read_messages, args=(subscription, messages), daemon=True)
+    reader.start()
+    return subscription, messages
 
 
 def follow_results(client: Any, serve: ServeSettings, request: FollowRequest) -> int:
@@ -200,15 +215,7 @@ def follow_results(client: Any, serve: ServeSettings, request: FollowRequest) ->
         else:
             print(f"{result.get('correlation_id', '?')}: {result_text(result)}", flush=True)
 
-    try:
-        subscription = client.subscribe(serve.pubsub, serve.results_topic)
-    except Exception as exc:
-        raise ClassifierError(
-            ErrorKind.UNAVAILABLE, f"cannot subscribe to {serve.pubsub}/{serve.results_topic}: {exc}"
-        ) from None
-    messages: queue.Queue[object] = queue.Queue()
-    reader = threading.Thread(target=_read_messages, args=(subscription, messages), daemon=True)
-    reader.start()
+    subscription, messages = subscribe_results(client, serve)
     what = f"stream {request.stream_id}" if request.stream_id else "every stream"
     print(f"following {serve.pubsub}/{serve.results_topic} for {what}", file=sys.stderr)
     outcome, code = "", 0
@@ -224,7 +231,7 @@ def follow_results(client: Any, serve: ServeSettings, request: FollowRequest) ->
             except queue.Empty:
                 item = None
             now = time.monotonic()
-            if item is _CLOSED:
+            if item is CLOSED:
                 outcome = "the subscription ended"
                 break
             if isinstance(item, Exception):

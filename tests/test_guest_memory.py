@@ -95,7 +95,7 @@ def test_a_view_is_the_guests_own_bytes() -> None:
 def test_u32_reads_and_writes_end_at_the_last_byte(ptr: int, outside: int) -> None:
     def read_write(memory: GuestMemory, ptr: int, _length: int) -> None:
         memory.write_u32(ptr, 0xDEADBEEF)
-        assert memory.read_u32s(ptr, 1).tolist() == [0xDEADBEEF]
+        assert memory.read_u32s(ptr, 1) == (0xDEADBEEF,)
 
     assert call_host(read_write, ptr, 0) == outside
 

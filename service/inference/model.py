@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -31,7 +32,8 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        # math.prod, not np.prod: ~50x faster on a tuple, and this is on every set_input
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
     def to_dict(self) -> dict[str, Any]:
         return {

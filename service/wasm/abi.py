@@ -81,7 +81,7 @@ def errno_function(
         def host_function(caller: wasmtime.Caller, *args: int) -> int:
             call = guest_call.current()
             try:
-                memory = GuestMemory(caller)
+                memory = GuestMemory(caller, call.guest_memory)
                 # wasmtime passes i32 as signed; every value in these ABIs is a u32.
                 function(memory, call, *(arg & 0xFFFFFFFF for arg in args))
                 return errnos.success

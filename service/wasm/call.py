@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+import wasmtime
+
 from ..imaging import DEFAULT_MAX_PIXELS
 from ..inference.backend import Graph
 from ..inference.cache import GraphCache
@@ -64,6 +66,7 @@ class GuestCall:
     stderr: Callable[[bytes], object] | None = None
     deadline_hit: bool = False
     host_seconds: dict[str, float] = field(default_factory=dict)  # time in host work, by kind
+    guest_memory: wasmtime.Memory | None = None  # the instance's `memory` export, set once instantiated
     _abi_contexts: dict[type, AbiContext] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -246,12 +246,15 @@ class WasmHost:
         trap: str | None = None
         trap_reason: str | None = None
         deadline_exceeded = False
-        instance: wasmtime.Instance | None = None
+        call.guest_memory = None  # of this run's Store only: another Store's Memory would abort wasmtime
         with running(call):
             try:
                 store.set_wasi(wasi)
                 instance = guest.pre.instantiate(store)
-                start = instance.exports(store).get("_start")
+                exports = instance.exports(store)
+                memory = exports.get("memory")
+                call.guest_memory = memory if isinstance(memory, wasmtime.Memory) else None
+                start = exports.get("_start")
                 if not isinstance(start, wasmtime.Func):
                     raise ClassifierError(
                         ErrorKind.INVALID_ARGUMENT, f"guest {guest.name!r} is not a WASI command (no _start)"
@@ -279,7 +282,7 @@ class WasmHost:
             deadline_exceeded=deadline_exceeded or call.deadline_hit,
             output_overflow=stdout.overflow or stderr.overflow,
             elapsed_s=time.perf_counter() - started,
-            memory_bytes=_memory_bytes(instance, store),
+            memory_bytes=call.guest_memory.data_len(store) if call.guest_memory is not None else 0,
             call=call,
         )
 
@@ -301,8 +304,3 @@ def _trap_message(trap: wasmtime.Trap) -> str:
         lines = text.split("Caused by:", 1)[1].splitlines()
         return "; ".join(re.sub(r"^\d+: ", "", line.strip()) for line in lines if line.strip())
     return _first_line(trap)
-
-
-def _memory_bytes(instance: wasmtime.Instance | None, store: wasmtime.Store) -> int:
-    memory = instance.exports(store).get("memory") if instance is not None else None
-    return memory.data_len(store) if isinstance(memory, wasmtime.Memory) else 0

@@ -6,6 +6,8 @@ guest passes is checked here against the memory's current size first.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import wasmtime
 
@@ -22,11 +24,13 @@ class GuestMemory:
     """A view of the calling guest's memory, valid only during one host call
     (memory.grow may move it)."""
 
-    def __init__(self, caller: wasmtime.Caller) -> None:
-        memory = caller.get("memory")
-        if not isinstance(memory, wasmtime.Memory):
+    def __init__(self, caller: wasmtime.Caller, memory: wasmtime.Memory | None = None) -> None:
+        """`memory`: the run's export, found once per run (GuestCall.guest_memory), since
+        looking it up through the caller costs more than the rest of a small host call."""
+        export = memory if memory is not None else caller.get("memory")
+        if not isinstance(export, wasmtime.Memory):
             raise MissingMemory("guest exports no memory")
-        self.bytes = np.frombuffer(memory.get_buffer_ptr(caller), dtype=np.uint8)  # type: ignore[call-overload]
+        self.bytes = np.frombuffer(export.get_buffer_ptr(caller), dtype=np.uint8)  # type: ignore[call-overload]
         self.size = self.bytes.size
 
     def view(self, ptr: int, length: int) -> np.ndarray:
@@ -38,12 +42,15 @@ class GuestMemory:
     def read_bytes(self, ptr: int, length: int) -> bytes:
         return self.view(ptr, length).tobytes()
 
-    def read_u32s(self, ptr: int, count: int) -> np.ndarray:
-        """`count` little-endian u32 values (a copy; alignment is not required)."""
-        return self.view(ptr, 4 * count).copy().view("<u4")
+    def read_u32s(self, ptr: int, count: int) -> tuple[int, ...]:
+        """`count` little-endian u32 values (alignment is not required). struct, not numpy:
+        a few values, on every host call, where numpy's per-call overhead dominates."""
+        self.view(ptr, 4 * count)
+        return struct.unpack_from(f"<{count}I", self.bytes, ptr)
 
     def write_u32(self, ptr: int, value: int) -> None:
-        self.view(ptr, 4)[:] = np.frombuffer(int(value).to_bytes(4, "little"), dtype=np.uint8)
+        self.view(ptr, 4)
+        struct.pack_into("<I", self.bytes, ptr, value)
 
     def write(self, ptr: int, data: np.ndarray | bytes) -> None:
         source = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data

@@ -211,7 +211,7 @@ def _in_memory(memory: GuestMemory, ptr: int, length: int, what: str) -> np.ndar
 def create_session(
     caller: wasmtime.Caller, call: guest_call.GuestCall, model_ptr: int, model_len: int
 ) -> int:
-    memory = GuestMemory(caller)
+    memory = GuestMemory(caller, call.guest_memory)
     try:
         context = _new_session(call, memory.view(_u32(model_ptr), _u32(model_len)))
     except (GuestMemoryError, AbiFailure) as exc:
@@ -231,7 +231,7 @@ def append_input(
     data_len: int,
 ) -> None:
     context = _legacy_session(call, session)
-    memory = GuestMemory(caller)
+    memory = GuestMemory(caller, call.guest_memory)
     name = _in_memory(memory, _u32(name_ptr), _u32(name_len), "input name").tobytes()
     data = _in_memory(memory, _u32(data_ptr), _u32(data_len), "input data")
     index = _input_index(context, name)
@@ -267,7 +267,8 @@ def get_output_tensor(
     caller: wasmtime.Caller, call: guest_call.GuestCall, session: int, name_ptr: int, name_len: int
 ) -> int:
     context = _legacy_session(call, session)
-    name = _in_memory(GuestMemory(caller), _u32(name_ptr), _u32(name_len), "output name").tobytes()
+    memory = GuestMemory(caller, call.guest_memory)
+    name = _in_memory(memory, _u32(name_ptr), _u32(name_len), "output name").tobytes()
     index = _output_index(context, name)
     if index is None:
         call.note(f"{LEGACY_PREFIX}get_output_tensor: no output tensor named {_show(name)!r} (returns 0)")
@@ -293,7 +294,8 @@ def get_tensor_data(caller: wasmtime.Caller, call: guest_call.GuestCall, tensor:
         return None
     context, index = _legacy_tensor(call, tensor)
     data = context.output(index).reshape(-1).view(np.uint8)
-    out = _in_memory(GuestMemory(caller), _u32(buf_ptr), data.size, f"tensor data ({data.size} bytes)")
+    memory = GuestMemory(caller, call.guest_memory)
+    out = _in_memory(memory, _u32(buf_ptr), data.size, f"tensor data ({data.size} bytes)")
     out[:] = data
     return None
 

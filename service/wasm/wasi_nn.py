@@ -144,7 +144,7 @@ def load(
     if builders_len > MAX_BUILDERS:
         raise AbiFailure(Errno.INVALID_ARGUMENT, f"{builders_len} graph builders")
     entries = memory.read_u32s(builders_ptr, 2 * builders_len)
-    builders = [memory.view(int(entries[2 * i]), int(entries[2 * i + 1])) for i in range(builders_len)]
+    builders = [memory.view(entries[2 * i], entries[2 * i + 1]) for i in range(builders_len)]
     if target not in ExecutionTarget._value2member_map_:
         raise AbiFailure(Errno.INVALID_ARGUMENT, f"unknown execution target {target}")
     known = ENCODINGS.get(GraphEncoding(encoding)) if encoding in GraphEncoding._value2member_map_ else None
@@ -225,12 +225,10 @@ def init_execution_context(
 def set_input(
     memory: GuestMemory, call: guest_call.GuestCall, context: int, index: int, tensor_ptr: int
 ) -> None:
-    dims_ptr, dims_len, type_word, data_ptr, data_len = (
-        int(v) for v in memory.read_u32s(tensor_ptr, TENSOR_STRUCT_SIZE // 4)
-    )
+    dims_ptr, dims_len, type_word, data_ptr, data_len = memory.read_u32s(tensor_ptr, TENSOR_STRUCT_SIZE // 4)
     if dims_len > MAX_RANK:
         raise AbiFailure(Errno.INVALID_ARGUMENT, f"rank {dims_len} is too large")
-    dims = tuple(int(d) for d in memory.read_u32s(dims_ptr, dims_len))
+    dims = memory.read_u32s(dims_ptr, dims_len)
     data = memory.view(data_ptr, data_len)
     ctx = _context(call, context)
     if index >= len(ctx.spec.inputs):

@@ -61,7 +61,7 @@ def poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, 
     # wasmtime passes i32 as signed; every value here is a u32.
     in_ptr, out_ptr, count, nevents_ptr = (a & 0xFFFFFFFF for a in (in_ptr, out_ptr, count, nevents_ptr))
     try:
-        memory = GuestMemory(caller)
+        memory = GuestMemory(caller, call.guest_memory)
         if count == 0 or count > MAX_SUBSCRIPTIONS:
             raise _Invalid(f"{count} subscriptions")
         subscriptions = memory.read_bytes(in_ptr, count * SUBSCRIPTION_SIZE)

@@ -354,6 +354,35 @@ def _traceparent(parent: str = "") -> str:
     return f"00-{trace_id}-{secrets.token_hex(8)}-01"
 
 
+def _given_event(
+    pubsub: str,
+    topic: str,
+    data: bytes,
+    content_type: str,
+    event_id: str,
+    extensions: dict[str, Any] | None = None,
+) -> _Event:
+    """An event delivered exactly as given (deliver, deliver_batch): no envelope conversion."""
+    traceparent = _traceparent()
+    return _Event(
+        id=event_id,
+        source=FAKE_PUBLISHER_APP_ID,
+        type=CLOUDEVENT_TYPE,
+        spec_version="1.0",
+        data_content_type=content_type,
+        data=data,
+        extensions={
+            **(extensions or {}),
+            "traceid": traceparent,
+            "traceparent": traceparent,
+            "pubsubname": pubsub,
+            "topic": topic,
+        },
+        published_data=data,
+        published_content_type=content_type,
+    )
+
+
 # --- Dapr API server ---------------------------------------------------------------------------------
 
 
@@ -1138,24 +1167,7 @@ class FakeDaprd:
         subscription = self._subscription(pubsub, topic)
         if subscription is None:
             return Delivery("DROP", 0, False)
-        traceparent = _traceparent()
-        event = _Event(
-            id=event_id or str(uuid.uuid4()),
-            source=FAKE_PUBLISHER_APP_ID,
-            type=CLOUDEVENT_TYPE,
-            spec_version="1.0",
-            data_content_type=content_type,
-            data=data,
-            extensions={
-                **(extensions or {}),
-                "traceid": traceparent,
-                "traceparent": traceparent,
-                "pubsubname": pubsub,
-                "topic": topic,
-            },
-            published_data=data,
-            published_content_type=content_type,
-        )
+        event = _given_event(pubsub, topic, data, content_type, event_id or str(uuid.uuid4()), extensions)
         return self._deliver_event(subscription, event)
 
     def _deliver_event(self, subscription: Subscription, event: _Event) -> Delivery:
@@ -1211,27 +1223,7 @@ class FakeDaprd:
         subscription = self._subscription(pubsub, topic)
         if subscription is None:
             return [Delivery("DROP", 0, False) for _ in events]
-        batch = []
-        for data, content_type, event_id in events:
-            traceparent = _traceparent()
-            batch.append(
-                _Event(
-                    id=event_id,
-                    source=FAKE_PUBLISHER_APP_ID,
-                    type=CLOUDEVENT_TYPE,
-                    spec_version="1.0",
-                    data_content_type=content_type,
-                    data=data,
-                    extensions={
-                        "traceid": traceparent,
-                        "traceparent": traceparent,
-                        "pubsubname": pubsub,
-                        "topic": topic,
-                    },
-                    published_data=data,
-                    published_content_type=content_type,
-                )
-            )
+        batch = [_given_event(pubsub, topic, data, kind, event_id) for data, kind, event_id in events]
         return self._deliver_batch(subscription, batch)
 
     def _deliver_batch(self, subscription: Subscription, events: list[_Event]) -> list[Delivery]:

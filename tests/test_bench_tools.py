@@ -1,8 +1,9 @@
-"""`python -m bench.ab` and `python -m bench.pooling` run and print what docs/performance.md
+"""`python -m bench.ab`, `bench.pooling` and `bench.cpu` run and print what docs/performance.md
 says they print (one short round each; the figures measure nothing)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -54,3 +55,18 @@ def test_bench_ab_refuses_a_setting_that_is_not_var_equals_value() -> None:
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].endswith("'WORKERS': give VAR=VALUE[,VAR=VALUE...]")
+
+
+def test_bench_cpu_measures_cpu_per_request_of_the_service_and_the_peer() -> None:
+    args = ["bench.cpu", "--smoke", "--clients", "2"] + (["--perf"] if shutil.which("perf") else [])
+    out = run_module(*args)
+    for workload in ("aiy_birds_v1 + bird.jpg", "mobilenet_v2_1.0_224_quant + grace_hopper.jpg"):
+        section = out[out.index(f"{workload}, 2 clients") :].splitlines()
+        cpu = {line.split()[0]: float(line.split()[1]) for line in section[1:3]}
+        assert set(cpu) == {"service", "peer"} and all(ms > 0 for ms in cpu.values()), section
+        assert section[3] == f"  service - peer: {cpu['service'] - cpu['peer']:+.2f} ms CPU/request"
+        if "--perf" in args:
+            # Both processes run LiteRT for every request: perf must have seen it in both.
+            litert = next(line for line in section if line.strip().startswith("LiteRT"))
+            mine, _, theirs = litert.split()[1:4]
+            assert float(mine) > 0 and float(theirs) > 0, litert

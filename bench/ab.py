@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     for workload in WORKLOADS:
         store.put(workload.name, workload.model.read_bytes())
     sides = {"A": args.a, "B": args.b}
-    services = {
-        name: ServiceClient(work / "store", work / f"cache-{name}", env=env) for name, env in sides.items()
-    }
+    services: dict[str, ServiceClient] = {}
     try:
+        for name, env in sides.items():
+            services[name] = ServiceClient(work / "store", work / f"cache-{name}", env=env)
         for service in services.values():
             service.wait_healthy()
         for workload in WORKLOADS:

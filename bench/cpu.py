@@ -130,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     store = LocalStore(work / "store")
     for workload in WORKLOADS:
         store.put(workload.name, workload.model.read_bytes())
-    service = ServiceClient(work / "store", work / "cache")
+    service: ServiceClient | None = None
     peer: PeerClient | None = None
     try:
+        service = ServiceClient(work / "store", work / "cache")
         service.wait_healthy()
         peer = PeerClient()
         if args.smoke:
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if peer is not None:
             peer.close()
-        service.close()
+        if service is not None:
+            service.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -132,8 +132,12 @@ class ServiceClient:
             env["CLASSIFIER_WORKERS"] = str(workers)
         self.started = time.perf_counter()
         self.server, self.port = start_serve(env, stderr=subprocess.DEVNULL)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.app = appcallback_pb2_grpc.AppCallbackStub(self.channel)
+        try:
+            self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+            self.app = appcallback_pb2_grpc.AppCallbackStub(self.channel)
+        except BaseException:  # Ctrl-C right after the start included: stop what was started
+            stop_serve(self.server)
+            raise
 
     def wait_healthy(self) -> float:
         wait_healthy(self.channel, self.server, self.port)
@@ -258,7 +262,7 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path, daprd: bool = T
     for workload in WORKLOADS:
         store.put(workload.name, workload.model.read_bytes())
     classifier = Classifier(Settings(store_dir=store_dir, cache_dir=work / "cache"), store=store)
-    service = ServiceClient(store_dir, work / "cache")
+    service: ServiceClient | None = None
     peer: PeerClient | None = None
     results: dict = {
         "smoke": smoke,
@@ -267,6 +271,7 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path, daprd: bool = T
     }
     sidecar = None
     try:
+        service = ServiceClient(store_dir, work / "cache")
         service.wait_healthy()
         peer = PeerClient()
         if daprd:
@@ -287,7 +292,8 @@ def run(smoke: bool, rounds: int, per_round: int, out_dir: Path, daprd: bool = T
                 http_response_headers=sidecar.response_headers,
             )
     finally:
-        results["service_exit_code"] = service.close()
+        if service is not None:
+            results["service_exit_code"] = service.close()
         if peer is not None:
             results["peer_exit_code"] = peer.close()
         classifier.close()

@@ -1,13 +1,15 @@
-"""`python -m bench.ab`, `bench.pooling` and `bench.cpu` run and print what docs/performance.md
-says they print (one short round each; the figures measure nothing)."""
+"""`python -m bench.ab`, `bench.pooling`, `bench.cpu` and `bench.imagedecode` run and print what
+docs/performance.md says they print (one short round each; the figures measure nothing)."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, SHARED
 
 TIMEOUT_S = 600
 
@@ -70,3 +72,38 @@ def test_bench_cpu_measures_cpu_per_request_of_the_service_and_the_peer() -> Non
             litert = next(line for line in section if line.strip().startswith("LiteRT"))
             mine, _, theirs = litert.split()[1:4]
             assert float(mine) > 0 and float(theirs) > 0, litert
+
+
+def test_bench_imagedecode_reports_every_candidate_with_its_top1() -> None:
+    out = run_module("bench.imagedecode", "--smoke")
+    candidates = [
+        "Pillow (service)",
+        "Pillow + reduce",
+        "OpenCV linear",
+        "OpenCV area",
+        "simplejpeg",
+        "PyTurboJPEG",
+        "control: Pillow, EXIF ignored",
+    ]
+    table = out[: out.index("CPU ms per decode")].splitlines()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table if line.startswith("| ")}
+    assert list(rows)[2:] == candidates, out  # after the header and the separator
+    # expected.json has the classify JPEGs for both models; the three EXIF-oriented JPEGs (x 2 models) are
+    # compared with the service path's answer. The service path gets them all, as the ground truth says.
+    cases = json.loads((SHARED / "expected.json").read_text())["cases"]
+    truth = sum(
+        c["model"] in ("aiy_birds_v1", "mobilenet_v2_1.0_224_quant") and c["image"].endswith(".jpg")
+        for c in cases
+    )
+    assert rows["Pillow (service)"][5:8] == [f"{truth}/{truth} / 6/6", "0 / 0.00", "honoured |"], out
+    for name in candidates:
+        cells = rows[name]
+        if cells[1].startswith("not installed ("):
+            continue  # a candidate package that is not in this environment is listed as such
+        top1 = re.fullmatch(r"(\d+)/(\d+) / (\d+)/(\d+)( \(wrong: .+\))?", cells[5])
+        assert top1 and int(top1[2]) == truth and int(top1[4]) == 6, (name, cells)
+        assert all(float(ms) > 0 for ms in cells[2].split(" / ")), (name, cells)
+    # The check sees a decoder that ignores EXIF orientation (the two turned hoppers).
+    assert rows["control: Pillow, EXIF ignored"][7] == "WRONG: ignored on 2 of 2 |", out
+    details = out[out.index("CPU ms per decode") :].splitlines()
+    assert sum(line.startswith(("| bird.jpg |", "| hopper_orientation_6.jpg |")) for line in details) == 2

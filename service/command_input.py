@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import ClassifierError, ErrorKind, invalid_argument, not_found
+from .logs import say_waiting
 
 INPUT_WAIT_S = 5.0  # the longest a pipe may stay silent (no writer, or a writer that sends nothing)
 PROGRESS_AFTER_S = 1.0  # say that we are waiting once a pipe has been silent this long
@@ -72,11 +73,9 @@ def _read_stream(path: Path, label: str) -> bytes:
                     "(a pipe with no writer?): start its writer first, or give a regular file",
                 )
             if not said_waiting and silent_s >= PROGRESS_AFTER_S and sys.stderr.isatty():
-                print(
+                say_waiting(
                     f"classifier: waiting for data on {label} "
-                    f"(a pipe; up to {INPUT_WAIT_S:g} s, Ctrl-C to stop)",
-                    file=sys.stderr,
-                    flush=True,
+                    f"(a pipe; up to {INPUT_WAIT_S:g} s, Ctrl-C to stop)"
                 )
                 said_waiting = True
     finally:

@@ -28,6 +28,7 @@ from google.protobuf import any_pb2, empty_pb2
 from .command_input import read_input
 from .config import ServeSettings, Settings
 from .errors import ClassifierError
+from .logs import say_waiting
 from .stores.local import LocalStore
 
 START_TIMEOUT_S = 60.0
@@ -126,11 +127,9 @@ def run_demo(
 
 
 def _say_waiting(waited_s: float) -> None:
-    print(
+    say_waiting(
         "classifier demo: waiting for classifier serve to become healthy "
-        f"({waited_s:.0f}/{START_TIMEOUT_S:g} s; Ctrl-C to stop)",
-        file=sys.stderr,
-        flush=True,
+        f"({waited_s:.0f}/{START_TIMEOUT_S:g} s; Ctrl-C to stop)"
     )
 
 

@@ -16,6 +16,14 @@ from typing import Any
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def say_waiting(line: str) -> None:
+    """A command's progress line on stderr for a person waiting (not the serve log), in one
+    write with its newline: print() writes the end apart, and a Ctrl-C between the two left the
+    "interrupted" line glued to this one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the request's
     fields if any, and the traceback (as one string) of a logged exception."""

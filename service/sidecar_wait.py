@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Mapping
 
 from .errors import ClassifierError, ConfigError, ErrorKind
+from .logs import say_waiting
 
 PROGRESS_AFTER_S = 1.0  # a wait shorter than this says nothing
 PROGRESS_EVERY_S = 5.0
@@ -74,11 +75,9 @@ def wait_for_sidecar(api_url: str, timeout_s: float) -> None:
                 "`dapr run`, or point DAPR_HTTP_PORT and DAPR_GRPC_PORT at yours",
             )
         if now >= next_progress and sys.stderr.isatty():  # for a person; a script gets the last line
-            print(
+            say_waiting(
                 f"classifier: waiting for the Dapr sidecar at {api_url} "
-                f"({now - started:.0f}/{timeout_s:g} s, {reason}; Ctrl-C to stop)",
-                file=sys.stderr,
-                flush=True,
+                f"({now - started:.0f}/{timeout_s:g} s, {reason}; Ctrl-C to stop)"
             )
             next_progress = now + PROGRESS_EVERY_S
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +50,21 @@ def start_serve(
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DAPR_")}
     environment.setdefault("CLASSIFIER_METRICS_PORT", "0")  # a demo needs no /metrics (nor port 9464)
     environment.update(env, APP_PORT=str(port))
-    server = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=environment, **popen)
+    # A Ctrl-C while Popen starts the child (it waits for the exec) would raise before the caller
+    # owns the process, which would then outlive the command: it waits until the child is owned.
+    interrupted: list[int] = []
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if on_main_thread else None  # None: not set from Python
+    if previous is not None:
+        signal.signal(signal.SIGINT, lambda signum, _: interrupted.append(signum))
+    try:
+        server = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=environment, **popen)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        stop_serve(server)
+        raise KeyboardInterrupt
     return server, port
 
 

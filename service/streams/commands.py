@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cli import _call_error
 from ..config import ServeSettings
 from ..errors import ClassifierError, ErrorKind, invalid_argument
 from .follow import Emitted, ReorderBuffer, Result, describe, result_text, stream_fields
@@ -84,13 +85,16 @@ def publish_frames(client: Any, serve: ServeSettings, request: PublishRequest, s
     )
 
     def publish(seq: int, event: bytes) -> None:
-        client.publish_event(
-            serve.pubsub,
-            serve.images_topic,
-            event,
-            data_content_type="application/json",
-            publish_metadata={"cloudevent.id": f"{options.stream_id}:{seq}"},
-        )
+        try:
+            client.publish_event(
+                serve.pubsub,
+                serve.images_topic,
+                event,
+                data_content_type="application/json",
+                publish_metadata={"cloudevent.id": f"{options.stream_id}:{seq}"},
+            )
+        except Exception as exc:  # the summary says each failure in one line, as `publish IMAGE` does
+            raise RuntimeError(_call_error(exc)) from exc
 
     summary = PublishSummary()
     pace = f"at {fps:g} frames/s" if fps > 0 else "as fast as it goes"

@@ -488,7 +488,7 @@ def test_guests_list_and_rm(capfd, store: Path, test_guests) -> None:
     assert (code, out.splitlines()) == (
         0,
         [
-            f"cmd\tv1\t{size} bytes\t{sha}\t{{model_path}} {{image_path}}",
+            f"cmd\tv1\t{size} bytes\t{sha}\t'{{model_path}}' '{{image_path}}'",  # shlex.join quotes braces
             f"plain\tv1\t{size} bytes\t{sha}\t(default interface)",
         ],
     )

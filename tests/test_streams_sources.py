@@ -343,6 +343,9 @@ def test_a_result_line_says_the_class_the_score_and_the_latency() -> None:
     assert describe(Emitted("cam", 3, result=result)) == "cam #3: Aix galericulata 0.727, 42 ms after capture"
     error = {"error": {"code": "invalid_argument", "message": "not an image"}}
     assert describe(Emitted("cam", 4, result=error)) == "cam #4: error invalid_argument: not an image"
+    # a guest of its own answers what it likes: a class with no score, or no predictions at all
+    assert describe(Emitted("cam", 5, result={"predictions": [{"index": 7}]})) == "cam #5: 7"
+    assert describe(Emitted("cam", 6, result={"output": "a bird"})) == "cam #6: (no predictions)"
 
 
 # --- the command line, before any sidecar -------------------------------------------------------------

@@ -245,3 +245,17 @@ def test_a_follower_after_the_fan_out_closed_gets_an_ended_response(served: Serv
     finally:
         reader.close()
     wait_until(lambda: served.fanout.watching("cam") == 0, "the follower forgotten")
+
+
+def test_an_idle_stream_gets_a_keep_alive_comment(served: Served) -> None:
+    """Nothing to send for KEEPALIVE_S: an SSE comment, so that proxies keep the response open."""
+    from service.ui.server import KEEPALIVE_S
+
+    assert KEEPALIVE_S < TIMEOUT_S  # the socket's timeout: the comment comes before it
+    reader = Events(served.port, "quiet")
+    try:
+        assert reader.response.readline() == b": following\n"
+        assert reader.response.readline() == b"\n"
+        assert reader.response.readline() == b": keep-alive\n"
+    finally:
+        reader.close()

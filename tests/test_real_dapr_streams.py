@@ -414,3 +414,22 @@ def test_results_when_the_sidecar_goes_away_is_one_line(bare) -> None:
             f"is the Dapr sidecar (DAPR_GRPC_PORT={daprd.env()['DAPR_GRPC_PORT']}) still running?",
         ]
     )
+
+
+def test_the_page_over_a_sidecar_that_refuses_its_subscription_is_one_line(bare, tmp_path: Path) -> None:
+    """`classifier ui` in a sidecar's shell follows the results topic for its stream view: a pub/sub
+    the sidecar has not is one line and exit 1, before the page is served."""
+    _, daprd = bare
+    done = subprocess.run(
+        [*CLASSIFIER, "ui", "--port", "0"],
+        env={**command_env(daprd), "CLASSIFIER_PUBSUB": "nosuch"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "classifier: cannot subscribe to nosuch/classifications: "
+        "dapr_pubsub_not_found: pubsub nosuch is not found\n"
+    )

@@ -348,7 +348,7 @@ def _announce(kind: str, name: str, version: int) -> None:
                 data_content_type="application/json",
             )
     except Exception as exc:  # the services' polling picks the version up anyway
-        print(f"classifier: could not publish to {serve.updates_topic}: {exc}", file=sys.stderr)
+        print(f"classifier: could not publish to {serve.updates_topic}: {_call_error(exc)}", file=sys.stderr)
 
 
 def _models_put(args: argparse.Namespace, settings: Settings) -> int:

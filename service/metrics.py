@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
@@ -143,10 +143,6 @@ class Metrics:
 
     def model_failed(self, name: str, version: int) -> None:
         self.model_updates.labels(name, "failed").inc()
-
-    def text(self) -> str:
-        """The exposition /metrics serves."""
-        return generate_latest(self.registry).decode()
 
     # -- the endpoint ---------------------------------------------------------------------
 

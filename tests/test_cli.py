@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import IMAGES, MODELS
+from daprd import FakeDaprd
 
 from service.cli import EXIT_TRAP, _parser, main
 
@@ -412,3 +417,274 @@ def test_a_models_guest_on_the_command_line_is_checked_and_one_line(capfd, store
     assert (code, out) == (0, "stored digits version 2: guest mnist (args '{top_k}')\n")
     code, out, _ = run(capfd, "--store", store, "models", "list", "--json")
     assert [(m["guest"], m["guest_args"]) for m in json.loads(out)] == [("mnist", ["{top_k}"])]
+
+
+# -- bad flag values, the less used options, and failures a user can meet --------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any sidecar or classifier settings of the machine's, and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "CLASSIFIER_", "APP_"))}
+    return {**env, **extra}
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["wasm", "run", "--timeout", "soon", "g.wasm"],
+            "argument --timeout: 'soon' is not a number of seconds",
+        ),
+        (["serve", "--port", "http"], "argument --port: 'http' is not a port number (0-65535)"),
+        (["publish", "--video", "v.mp4", "--fps", "fast"], "argument --fps: 'fast' is not a number >= 0"),
+        (["results", "--idle", "0"], "argument --idle: '0' is not a number > 0"),
+    ],
+    ids=lambda value: " ".join(value[:2]) if isinstance(value, list) else "",
+)
+def test_a_bad_flag_value_is_argparse_usage_and_exit_2(capfd, argv: list[str], line: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    _, err = capfd.readouterr()
+    assert exited.value.code == 2
+    assert (
+        err.splitlines()[-1]
+        == f"classifier {' '.join(argv[:2] if argv[0] == 'wasm' else argv[:1])}: error: {line}"
+    )
+
+
+def test_wasm_run_env_timeout_and_bad_specs(capfd, test_guests) -> None:
+    code, out, _ = run(
+        capfd, "wasm", "run", "--env", "COLOUR=blue", "--env", "EMPTY=", test_guests["probe"], "env"
+    )
+    assert (code, out) == (0, "env COLOUR=blue\nenv EMPTY=\nenv-end\n")  # exactly what --env gives
+    # a guest that spins past --timeout is stopped there: the deadline, not a hang
+    code, _, err = run(capfd, "wasm", "run", "--timeout", "0.5", test_guests["probe"], "loop")
+    assert (code, err) == (EXIT_TRAP, "classifier: guest trapped: deadline exceeded\n")
+    for flag, spec, words in [
+        ("--env", "COLOUR", "--env 'COLOUR': expected NAME=VALUE"),
+        ("--env", "=blue", "--env '=blue': expected NAME=VALUE"),
+        (
+            "--nn-preload",
+            "birds:model.tflite",
+            "--nn-preload 'birds:model.tflite': expected NAME:TensorflowLite:CPU:PATH",
+        ),
+    ]:
+        code, out, err = run(capfd, "wasm", "run", flag, spec, test_guests["probe"], "env")
+        assert (code, out, err) == (1, "", f"classifier: {words}\n")
+
+
+def test_guests_list_and_rm(capfd, store: Path, test_guests) -> None:
+    guest = test_guests["plain_text"]
+    assert run(capfd, "--store", store, "guests", "put", "plain", guest)[0] == 0
+    assert (
+        run(capfd, "--store", store, "guests", "put", "cmd", guest, "--args", "{model_path} '{image_path}'")[
+            0
+        ]
+        == 0
+    )
+    code, out, _ = run(capfd, "--store", store, "guests", "list")
+    sha = __import__("hashlib").sha256(guest.read_bytes()).hexdigest()[:12]
+    size = guest.stat().st_size
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            f"cmd\tv1\t{size} bytes\t{sha}\t'{{model_path}}' '{{image_path}}'",  # shlex.join quotes braces
+            f"plain\tv1\t{size} bytes\t{sha}\t(default interface)",
+        ],
+    )
+    assert run(capfd, "--store", store, "guests", "rm", "cmd") == (0, "removed guest cmd\n", "")
+    assert [m["name"] for m in json.loads(run(capfd, "--store", store, "guests", "list", "--json")[1])] == [
+        "plain"
+    ]
+    code, _, err = run(capfd, "--store", store, "guests", "rm", "cmd")
+    assert code == 1 and err == f"classifier: guest 'cmd' not found in {store}\n"
+
+
+def test_classify_of_a_damaged_model_is_one_line(capfd, store: Path) -> None:
+    """A model file changed on disk after it was stored: not 'not found', and no image is run."""
+    put_birds(capfd, store)
+    [model_file] = store.glob("models/birds/1/*.tflite")
+    model_file.write_bytes(model_file.read_bytes()[:-1] + b"!")
+    code, out, err = run(capfd, "--store", store, "classify", BIRD, "--model", "birds")
+    assert code == 1 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("classifier: model 'birds' version 1") and "sha256" in err, err
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = clean_env(CLASSIFIER_STORE=str(tmp_path / "store"), CLASSIFIER_METRICS_PORT="0")
+        result = subprocess.run(
+            [CLASSIFIER, "serve", "--port", str(port)], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines()[-1] == (
+        f"classifier: cannot listen on 127.0.0.1:{port}: Address already in use: "
+        "choose another port with --port or APP_PORT"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_upload_progress_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal the upload's progress bar is drawn in place (\\r), and ends with its line."""
+    import pty
+
+    terminal, command_side = pty.openpty()
+    guest = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
+    try:
+        result = subprocess.run(
+            [CLASSIFIER, "--store", tmp_path / "store", "guests", "put", "g", guest],
+            env=clean_env(), stdout=subprocess.PIPE, stderr=command_side, text=True, timeout=60,
+        )  # fmt: skip
+        os.close(command_side)
+        drawn = os.read(terminal, 4096).decode()
+    finally:
+        os.close(terminal)
+    size = guest.stat().st_size
+    assert result.returncode == 0 and result.stdout == f"stored guest g version 1 ({size} bytes)\n"
+    kib = size >> 10
+    assert drawn.replace("\r\n", "\n") == f"\ruploading g [{'#' * 30}] {kib}/{kib} KiB\n", repr(drawn)
+
+
+class _NotASidecar(BaseHTTPRequestHandler):
+    """What may answer at DAPR_HTTP_PORT instead of daprd: healthy for the first `healthy` probes, then
+    503 (a sidecar going away); invocations of app `proxy` get a proxy's HTML 502, of app `hangup` a
+    closed connection."""
+
+    def do_GET(self) -> None:
+        server: _StandIn = self.server  # type: ignore[assignment]
+        with server.lock:
+            healthy = server.healthy > 0
+            server.healthy -= 1
+        self.send_response(204 if healthy else 503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if "/invoke/hangup/" in self.path:
+            self.close_connection = True
+            return
+        body = b"<html><body>502 Bad Gateway</body></html>"
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _StandIn(ThreadingHTTPServer):
+    healthy = 1 << 30
+    lock = threading.Lock()
+
+
+@pytest.fixture
+def not_a_sidecar() -> Iterator[_StandIn]:
+    server = _StandIn(("127.0.0.1", 0), _NotASidecar)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def through(server: _StandIn, *argv: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
+    port = str(server.server_address[1])
+    return subprocess.run(
+        [CLASSIFIER, *map(str, argv)],
+        env=clean_env(DAPR_HTTP_PORT=port, DAPR_GRPC_PORT=port, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_invoke_through_something_that_is_not_daprd_is_one_line_per_image(not_a_sidecar: _StandIn) -> None:
+    done = through(not_a_sidecar, "invoke", BIRD, "--app-id", "proxy")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"classifier: {BIRD}: error (HTTP 502): HTTP status code: 502\n"  # not its HTML
+    done = through(not_a_sidecar, "invoke", BIRD, BIRD, "--app-id", "hangup")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"classifier: {BIRD}: Server disconnected\n" * 2
+
+
+def test_a_sidecar_gone_between_its_health_check_and_the_client_is_one_line(not_a_sidecar: _StandIn) -> None:
+    not_a_sidecar.healthy = 1  # the command's own wait passes, the SDK's then fails
+    done = through(not_a_sidecar, "invoke", BIRD, DAPR_HEALTH_TIMEOUT="1")
+    port = not_a_sidecar.server_address[1]
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"classifier: the Dapr sidecar at http://127.0.0.1:{port}/v1.0 stopped answering: "
+        "is it still running?\n"
+    )
+
+
+@pytest.fixture
+def double() -> Iterator[FakeDaprd]:
+    """The daprd double, with only the `statestore` and `pubsub` components (no `updates`)."""
+    with FakeDaprd(state_stores={"statestore"}, pubsubs={"pubsub"}) as sidecar:
+        yield sidecar
+
+
+def with_double(daprd: FakeDaprd, *argv: str | Path) -> subprocess.CompletedProcess[str]:
+    env = clean_env(**{k: v for k, v in daprd.env().items() if k.startswith("DAPR_")})
+    return subprocess.run([CLASSIFIER, *map(str, argv)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_publish_images_with_model_and_top_k(double: FakeDaprd) -> None:
+    done = with_double(double, "publish", BIRD, "--model", "birds", "--top-k", "2")
+    assert done.returncode == 0, done.stderr
+    [published] = double.wait_for_published("images")
+    event_id = done.stdout.removeprefix(f"published {BIRD} to pubsub/images as event ").strip()
+    body = json.loads(published.data)
+    assert (body["model"], body["top_k"]) == ("birds", 2) and base64.b64decode(
+        body["image_base64"]
+    ) == BIRD.read_bytes()
+    assert published.event_id == event_id
+
+
+def test_a_new_version_is_stored_though_it_cannot_be_announced(double: FakeDaprd) -> None:
+    """No `updates` pub/sub: the services' polling finds the version; the upload says so and succeeds."""
+    done = with_double(
+        double, "models", "put", "birds", BIRDS / "model.tflite", "--labels", BIRDS / "labels.txt"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("stored birds version 1 (")
+    assert done.stderr.splitlines()[1:] == [  # one line, not the gRPC error's repr
+        "classifier: could not publish to model-updates: invalid_argument: pubsub updates is not found"
+    ], done.stderr
+    listed = json.loads(with_double(double, "models", "list", "--json").stdout)
+    assert [(m["name"], m["version"]) for m in listed] == [("birds", 1)]
+
+
+def test_classify_reads_a_pipe_and_says_why_a_path_cannot_be_read(capfd, store: Path) -> None:
+    put_birds(capfd, store)
+    piped = subprocess.run(
+        [CLASSIFIER, "--store", store, "classify", "/dev/stdin", "--model", "birds", "--top-k", "1"],
+        input=BIRD.read_bytes(), env=clean_env(), capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.decode().startswith("/dev/stdin: Aix galericulata (166) 0.7")
+    code, out, err = run(capfd, "--store", store, "classify", BIRD / "x", "--model", "birds")
+    assert (code, out, err) == (1, "", f"classifier: {BIRD}/x: cannot read {BIRD}/x: Not a directory\n")
+
+
+def test_a_guest_args_template_is_checked_and_rendered_per_request(capfd, store: Path, test_guests) -> None:
+    plain = str(test_guests["plain_text"])
+    code, out, err = run(capfd, "--store", store, "classify", BIRD, "--model", "birds", "--guest", plain,
+                         "--guest-args", "'{image_path}")  # fmt: skip
+    assert (code, out, err) == (1, "", 'classifier: guest args "\'{image_path}": No closing quotation\n')
+    mnist = MODELS / "mnist_lstm_uint8" / "model.tflite"
+    assert run(capfd, "--store", store, "models", "put", "digits", mnist)[0] == 0  # no labels
+    code, out, err = run(capfd, "--store", store, "classify", BIRD, "--model", "digits", "--guest", plain,
+                         "--guest-args", "{labels_path}")  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == f"classifier: {BIRD}: the guest's args need {{labels_path}}, which this request has not\n"

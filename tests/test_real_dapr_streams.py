@@ -359,3 +359,77 @@ def test_the_commands_in_docs_streams_run_as_shown(tmp_path: Path) -> None:
                     120,
                     f"{stream_id} classified",
                 )
+
+
+def test_results_skips_what_is_not_a_result_and_prints_single_results_as_json(bare) -> None:
+    """Anything on the topic that is not a JSON object is acknowledged and skipped; a result of no stream
+    is printed as it comes, with --json as published."""
+    _, daprd = bare
+    for data, content_type in [
+        (b"not json at all", "text/plain"),
+        (b"[1, 2, 3]", "application/json"),
+        (result(None, None), "application/json"),
+    ]:
+        assert daprd.publish("classifications", data, content_type).status == 204
+    done = classifier(daprd, "results", "--json", "--count", "1", "--wait", "3")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(result(None, None))
+    assert done.stderr.splitlines()[-1] == "results: 1 printed, 0 skipped, 0 duplicates dropped (1 printed)"
+
+
+def test_results_from_a_pubsub_the_sidecar_has_not_is_one_line(bare) -> None:
+    _, daprd = bare
+    done = subprocess.run(
+        [*CLASSIFIER, "results"],
+        env={**command_env(daprd), "CLASSIFIER_PUBSUB": "nosuch"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "classifier: cannot subscribe to nosuch/classifications: "
+        "dapr_pubsub_not_found: pubsub nosuch is not found\n"
+    )
+
+
+def test_results_when_the_sidecar_goes_away_is_one_line(bare) -> None:
+    _, daprd = bare
+    follower = Follower(daprd, "--follow")
+    try:
+        follower.wait_line("following pubsub/classifications for every stream")
+        daprd.stop()
+        code = follower.process.wait(120)
+    finally:
+        follower.stop()
+    assert code == 1
+    assert follower.lines == []  # nothing on stdout but results: not the SDK's health probes either
+    assert (
+        follower.err
+        == [  # the SDK reconnects, finds no sidecar within DAPR_HEALTH_TIMEOUT (5 s): one line
+            "following pubsub/classifications for every stream",
+            "classifier: the subscription to classifications failed: "
+            "Dapr health check timed out, after 5.0.; "
+            f"is the Dapr sidecar (DAPR_GRPC_PORT={daprd.env()['DAPR_GRPC_PORT']}) still running?",
+        ]
+    )
+
+
+def test_the_page_over_a_sidecar_that_refuses_its_subscription_is_one_line(bare, tmp_path: Path) -> None:
+    """`classifier ui` in a sidecar's shell follows the results topic for its stream view: a pub/sub
+    the sidecar has not is one line and exit 1, before the page is served."""
+    _, daprd = bare
+    done = subprocess.run(
+        [*CLASSIFIER, "ui", "--port", "0"],
+        env={**command_env(daprd), "CLASSIFIER_PUBSUB": "nosuch"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "classifier: cannot subscribe to nosuch/classifications: "
+        "dapr_pubsub_not_found: pubsub nosuch is not found\n"
+    )

@@ -306,3 +306,26 @@ def test_the_readme_mapping_answers_as_shown(service: ServiceProcess, daprd: Fak
     )
     assert f"`{shown}`" in table
     assert (described["result"], described["sentence"]) == (935, "It is very likely a hotdog in the picture")
+
+
+def test_a_stored_guest_named_by_a_model_is_reloaded_when_it_changes_and_kept_when_it_goes(
+    service: ServiceProcess, daprd: FakeDaprd, workdir: Path, test_guests: dict[str, Path]
+) -> None:
+    """A model naming a stored guest: a new version of the guest serves from the next poll on, with no
+    restart; the guest removed from the store, its active version keeps serving (and that is logged)."""
+    shipped = Path(__file__).resolve().parents[1] / "wasm" / "bin" / "classify.wasm"
+    with sidecar_env(daprd), DaprClient() as client:
+        store = DaprStore(client, workdir / "uploader-cache")
+        store.put_guest("custom", test_guests["plain_text"].read_bytes())
+        store.put("custom-birds", (BIRDS / "model.tflite").read_bytes(), guest="custom")
+    body = {"image_base64": base64.b64encode(BIRD).decode(), "model": "custom-birds", "top_k": 1}
+    assert "output" in classify(daprd, body)  # the plain-text guest answered
+    with sidecar_env(daprd), DaprClient() as client:
+        DaprStore(client, workdir / "uploader-cache").put_guest("custom", shipped.read_bytes())
+    wait_for(lambda: "predictions" in classify(daprd, body), 60, "the new guest version serving")
+    assert classify(daprd, body)["predictions"][0]["index"] == 166
+    with sidecar_env(daprd), DaprClient() as client:
+        DaprStore(client, workdir / "uploader-cache").remove_guest("custom")
+    wait_for(lambda: "guest custom, named by a model: " in service.log(), 60, "the poll's warning")
+    assert "(its active version keeps serving)" in service.log()
+    assert classify(daprd, body)["predictions"][0]["index"] == 166

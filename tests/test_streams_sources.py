@@ -9,6 +9,10 @@ import base64
 import io
 import itertools
 import json
+import os
+import pty
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +22,7 @@ import av
 import numpy as np
 import pytest
 from conftest import IMAGES, ROOT
+from daprd import FakeDaprd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -30,6 +35,8 @@ from service.streams.video import folder_source, frame_size, video_source
 
 sys.path.insert(0, str(ROOT))  # bench/ is not part of the installed package
 from bench.decoders import make_clip
+
+CLASSIFIER = Path(sys.executable).with_name("classifier")  # the console script of this install
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,11 @@ def test_bad_videos_are_one_clear_error(tmp_path: Path) -> None:
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height = 64, 48
         container.start_encoding()
+    no_frames = tmp_path / "no-frames.avi"
+    with av.open(str(no_frames), "w") as container:  # a stream and its header, and no frame after it
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        container.start_encoding()
     sound = tmp_path / "sound.mka"
     with av.open(str(sound), "w") as container:  # audio only
         audio = container.add_stream("pcm_s16le", rate=8000)
@@ -83,6 +95,7 @@ def test_bad_videos_are_one_clear_error(tmp_path: Path) -> None:
         tmp_path / "missing.mp4": (ErrorKind.NOT_FOUND, "no such file"),
         tmp_path: (ErrorKind.INVALID_ARGUMENT, "is a directory"),
         empty: (ErrorKind.INVALID_ARGUMENT, "has no frames"),
+        no_frames: (ErrorKind.INVALID_ARGUMENT, "no-frames.avi: has no frames"),
         sound: (ErrorKind.INVALID_ARGUMENT, "has no video stream"),
     }
     for path, (kind, words) in cases.items():
@@ -330,6 +343,9 @@ def test_a_result_line_says_the_class_the_score_and_the_latency() -> None:
     assert describe(Emitted("cam", 3, result=result)) == "cam #3: Aix galericulata 0.727, 42 ms after capture"
     error = {"error": {"code": "invalid_argument", "message": "not an image"}}
     assert describe(Emitted("cam", 4, result=error)) == "cam #4: error invalid_argument: not an image"
+    # a guest of its own answers what it likes: a class with no score, or no predictions at all
+    assert describe(Emitted("cam", 5, result={"predictions": [{"index": 7}]})) == "cam #5: 7"
+    assert describe(Emitted("cam", 6, result={"output": "a bird"})) == "cam #6: (no predictions)"
 
 
 # --- the command line, before any sidecar -------------------------------------------------------------
@@ -385,3 +401,101 @@ def test_a_file_that_is_not_a_video_fails_before_the_sidecar_is_needed(
     _, err = capfd.readouterr()
     reason = "Invalid data found when processing input"
     assert err == f"classifier: --video {notes}: not a video PyAV can decode ({reason})\n"
+
+
+# --- publish through the daprd double (tests/daprd.py): what the summary says when frames fail --------
+
+
+def clean_env(daprd: FakeDaprd, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "CLASSIFIER_"))}
+    return {**env, **{k: v for k, v in daprd.env().items() if k.startswith("DAPR_")}, **extra}
+
+
+def png_avi(path: Path, frames: int) -> Path:
+    """A video of PNG frames: each frame a PNG file of its own, so that one can be damaged alone."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        for _ in range(frames):
+            pixels = rng.integers(0, 255, (48, 64, 3), np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_a_damaged_frame_stops_the_stream_after_the_frames_before_it(tmp_path: Path) -> None:
+    video = png_avi(tmp_path / "damaged.avi", 6)
+    data = video.read_bytes()
+    fourth = [i for i in range(len(data)) if data.startswith(b"\x89PNG", i)][3]
+    video.write_bytes(data[:fourth] + bytes(16) + data[fourth + 16 :])  # frame 3's PNG signature gone
+    with FakeDaprd(pubsubs={"pubsub"}) as daprd:
+        done = subprocess.run(
+            [CLASSIFIER, "publish", "--video", video, "--fps", "0", "--stream-id", "dmg"],
+            env=clean_env(daprd), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        published = daprd.wait_for_published("images", 3)
+    assert done.returncode == 1
+    assert done.stdout.startswith("stopped after publishing 3 frames of stream dmg to pubsub/images in "), (
+        done.stdout
+    )
+    assert done.stderr.splitlines() == [
+        f"publishing {video} as stream dmg as fast as it goes",
+        f"classifier: --video {video}: frame 3: cannot decode (Invalid data found when processing input)",
+    ]
+    assert sorted(p.event_id for p in published) == ["dmg:0", "dmg:1", "dmg:2"]
+
+
+def test_failed_publishes_are_said_once_each_and_on_a_terminal_as_they_go(tmp_path: Path) -> None:
+    """No such pub/sub: every frame fails; the first five failures are said in one line each, the progress
+    line (on a terminal: drawn in place) counts them, and the exit code is 1."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(7):
+        (folder / f"{index:02d}.jpg").write_bytes((IMAGES / "classify" / "bird.jpg").read_bytes())
+    terminal, command_side = pty.openpty()
+    seen: list[bytes] = []
+    reader = threading.Thread(target=_read_terminal, args=(terminal, seen), daemon=True)
+    reader.start()
+    try:
+        with FakeDaprd(pubsubs={"pubsub"}) as daprd:
+            done = subprocess.run(
+                [CLASSIFIER, "publish", "--frames", folder, "--fps", "0", "--max-inflight", "1",
+                 "--stream-id", "s"],
+                env=clean_env(daprd, CLASSIFIER_PUBSUB="nosuch"), stdout=subprocess.PIPE, stderr=command_side,
+                text=True, timeout=120,
+            )  # fmt: skip
+        os.close(command_side)
+        reader.join(30)
+    finally:
+        os.close(terminal)
+    assert done.returncode == 1
+    assert re.fullmatch(
+        r"published 0 frames of stream s to nosuch/images in \d+\.\d s \(0\.0 frames/s, 7 failed\)\n",
+        done.stdout,
+    ), done.stdout
+    lines = b"".join(seen).decode().replace("\r\n", "\n").split("\n")
+    assert lines[0] == f"publishing {folder} as stream s as fast as it goes"
+    # one slot: frame N is handed over once frame N-1 has failed, so its progress counts N failed (N + 1
+    # if its own publish failed already), each drawn over the one before
+    drawn = lines[1].split("\r")
+    assert drawn[0] == "" and len(drawn) == 8, repr(lines[1])
+    for n, line in enumerate(drawn[1:]):
+        shown = re.fullmatch(r"published 0 frames, ([01]) in flight(?:, (\d) failed)?", line)
+        assert shown is not None, repr(line)
+        assert int(shown[2] or 0) + int(shown[1]) == n + 1, repr(line)
+    assert lines[2:] == [
+        f"classifier: not published: frame {n}: invalid_argument: pubsub nosuch is not found"
+        for n in range(5)
+    ] + [""]
+
+
+def _read_terminal(terminal: int, into: list[bytes]) -> None:
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the command's side is closed
+            return
+        if not chunk:
+            return
+        into.append(chunk)

@@ -362,3 +362,65 @@ def test_without_a_sidecar_the_stream_view_says_it_needs_one(ui: str, browser) -
         assert page.get_by_role("button", name="Follow").is_disabled()
         assert not any("/api/streams/" in r.url for r in opened.requests)
         assert opened.console_errors == []
+
+
+def damage(store: Path, name: str) -> None:
+    """Change a stored model's bytes on disk, as a disk fault would: its sha256 no longer matches."""
+    [model_file] = store.glob(f"models/{name}/*/*.tflite")
+    model_file.write_bytes(model_file.read_bytes()[:-1] + b"!")
+
+
+def test_a_store_whose_model_is_damaged_ends_the_page_with_one_line(tmp_path: Path) -> None:
+    put(LocalStore(tmp_path / ".classifier"), "birds", "aiy_birds_v1")
+    damage(tmp_path / ".classifier", "birds")
+    process = UiProcess(["ui", "--port", "0"], cwd=tmp_path, env={}, log=tmp_path / "ui.log")
+    try:
+        process.wait_line("classifier ui:")
+        assert process.process.wait(120) == 1
+    finally:
+        process.stop()
+    last = process.log().strip().splitlines()[-1]
+    assert last.startswith("classifier: start-up failed: model 'birds' version 1") and "sha256" in last, last
+    assert "Traceback" not in process.log()
+
+
+def test_a_page_over_a_sidecar_serves_no_api_of_its_own(tmp_path: Path) -> None:
+    """With only DAPR_HTTP_PORT the page calls the sidecar's invoke API: /api is not this server's, and
+    with no DAPR_GRPC_PORT there are no stream events either."""
+    port = free_port()
+    process = UiProcess(["ui", "--port", str(port)], cwd=tmp_path, env={"DAPR_HTTP_PORT": "3500"},
+                        log=tmp_path / "ui.log")  # fmt: skip
+    try:
+        process.wait_line("classifier ui:")
+        for method, path in [("POST", "/api/classify?model=birds"), ("GET", "/api/models"), ("GET", "/nope")]:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            try:
+                connection.request(method, path, body=b"x" if method == "POST" else None)
+                answer = connection.getresponse()
+                body = json.loads(answer.read())
+            finally:
+                connection.close()
+            assert (answer.status, body["code"], body["message"]) == (404, 5, f"no such page: {path}"), body
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config.json", timeout=30) as answer:
+            config = json.load(answer)
+        assert config == {
+            "invoke_base": "http://127.0.0.1:3500/v1.0/invoke/image-classifier/method",
+            "served_by": "image-classifier through the Dapr sidecar",
+            "streams": False,
+        }
+    finally:
+        assert process.stop() == 0, process.log()[-3000:]
+
+
+def test_the_page_over_an_app_that_is_not_there_answers_503() -> None:
+    """`classifier demo --ui` once its serve has gone: the app's port refuses, the page gets daprd's 503."""
+    from service.ui.server import AppChannel
+
+    app = AppChannel(free_port())
+    try:
+        answer = app.invoke("classify", "POST", BIRD.read_bytes(), "image/jpeg", "model=birds")
+    finally:
+        app.close()
+    body = json.loads(answer.body)
+    assert (answer.status, answer.content_type, body["code"]) == (503, "application/json", 14), body
+    assert body["message"], body

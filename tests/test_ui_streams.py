@@ -197,3 +197,65 @@ def test_without_a_sidecar_the_events_are_not_served() -> None:
         serving.join(TIMEOUT_S)
     assert answer.status == 404
     assert body["message"] == "streams need a Dapr sidecar: run classifier ui with one (docs/ui.md)"
+
+
+BIG = "x" * 40_000  # a result this big fills the socket's buffers in a few hundred events
+
+
+def test_a_browser_that_does_not_read_is_told_what_it_missed(served: Served) -> None:
+    """A browser that stops reading: the socket's buffers fill, then its queue; the oldest queued events go
+    and the next event it reads says how many. Each seq comes at most once, in order."""
+    reader = Events(served.port, "cam")
+    try:
+        wait_until(lambda: served.fanout.watching("cam") == 1, "the follower")
+        for seq in range(1000):  # 40 MB: more than the buffers and the queue (256 events) can hold
+            served.results.put(result("cam", seq, BIG))
+        wait_until(served.results.empty, "every result taken by the fan-out")
+        seqs, dropped = [], 0
+        while not seqs or seqs[-1] != 999:
+            event = reader.next()
+            assert event is not None
+            if event["type"] == "dropped":
+                dropped += event["count"]
+            else:
+                seqs.append(event["seq"])
+    finally:
+        reader.close()
+    assert dropped > 0 and len(seqs) + dropped == 1000
+    assert seqs == sorted(set(seqs))
+
+
+def test_a_browser_gone_while_its_events_are_written_is_forgotten(served: Served) -> None:
+    reader = Events(served.port, "cam")
+    try:
+        wait_until(lambda: served.fanout.watching("cam") == 1, "the follower")
+        for seq in range(300):  # 12 MB: the server is left writing to the full socket
+            served.results.put(result("cam", seq, BIG))
+        wait_until(served.results.empty, "every result taken by the fan-out")
+    finally:
+        reader.close()  # with unread data: a reset, which the blocked write gets
+    wait_until(lambda: served.fanout.watching("cam") == 0, "the follower forgotten")
+
+
+def test_a_follower_after_the_fan_out_closed_gets_an_ended_response(served: Served) -> None:
+    served.fanout.close()
+    reader = Events(served.port, "cam")
+    try:
+        assert reader.response.status == 200 and reader.next() is None
+    finally:
+        reader.close()
+    wait_until(lambda: served.fanout.watching("cam") == 0, "the follower forgotten")
+
+
+def test_an_idle_stream_gets_a_keep_alive_comment(served: Served) -> None:
+    """Nothing to send for KEEPALIVE_S: an SSE comment, so that proxies keep the response open."""
+    from service.ui.server import KEEPALIVE_S
+
+    assert KEEPALIVE_S < TIMEOUT_S  # the socket's timeout: the comment comes before it
+    reader = Events(served.port, "quiet")
+    try:
+        assert reader.response.readline() == b": following\n"
+        assert reader.response.readline() == b"\n"
+        assert reader.response.readline() == b": keep-alive\n"
+    finally:
+        reader.close()

@@ -9,6 +9,8 @@ them, a new app id reads what the topic still holds from its beginning.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import queue
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cli import _call_error
 from ..config import ServeSettings
 from ..errors import ClassifierError, ErrorKind, invalid_argument
 from .follow import Emitted, ReorderBuffer, Result, describe, result_text, stream_fields
@@ -84,13 +87,16 @@ def publish_frames(client: Any, serve: ServeSettings, request: PublishRequest, s
     )
 
     def publish(seq: int, event: bytes) -> None:
-        client.publish_event(
-            serve.pubsub,
-            serve.images_topic,
-            event,
-            data_content_type="application/json",
-            publish_metadata={"cloudevent.id": f"{options.stream_id}:{seq}"},
-        )
+        try:
+            client.publish_event(
+                serve.pubsub,
+                serve.images_topic,
+                event,
+                data_content_type="application/json",
+                publish_metadata={"cloudevent.id": f"{options.stream_id}:{seq}"},
+            )
+        except Exception as exc:  # the summary says each failure in one line, as `publish IMAGE` does
+            raise RuntimeError(_call_error(exc)) from exc
 
     summary = PublishSummary()
     pace = f"at {fps:g} frames/s" if fps > 0 else "as fast as it goes"
@@ -176,11 +182,17 @@ def _read_messages(subscription: Any, out: queue.Queue[object]) -> None:
 def subscribe_results(client: Any, serve: ServeSettings) -> tuple[Any, queue.Queue[object]]:
     """A streaming subscription to the results topic, read by a thread of its own: the queue gets each
     JSON result (a dict), then CLOSED or the exception that ended it. Close the subscription to stop."""
+    import grpc
+
     try:
         subscription = client.subscribe(serve.pubsub, serve.results_topic)
     except Exception as exc:
-        raise ClassifierError(
-            ErrorKind.UNAVAILABLE, f"cannot subscribe to {serve.pubsub}/{serve.results_topic}: {exc}"
+        # The SDK raises a plain Exception with the RpcError's repr in it, the RpcError as its cause.
+        cause = exc.__cause__ if isinstance(exc.__cause__, grpc.RpcError) else exc
+        refused = isinstance(cause, grpc.RpcError) and cause.code() != grpc.StatusCode.UNAVAILABLE
+        raise ClassifierError(  # refused (no such pub/sub): not a sidecar gone, no hint to look for it
+            ErrorKind.INVALID_ARGUMENT if refused else ErrorKind.UNAVAILABLE,
+            f"cannot subscribe to {serve.pubsub}/{serve.results_topic}: {_call_error(cause)}",
         ) from None
     # A message read as the viewer closes its stream cannot be acknowledged: the SDK warns so on
     # stderr (after the summary line). Nothing is lost: the consumer group gets it again.
@@ -194,6 +206,7 @@ def subscribe_results(client: Any, serve: ServeSettings) -> tuple[Any, queue.Que
 def follow_results(client: Any, serve: ServeSettings, request: FollowRequest) -> int:
     buffer = ReorderBuffer(request.window, request.wait_s)
     printed = 0
+    results_out = sys.stdout
 
     def emit(items: list[Emitted]) -> None:
         nonlocal printed
@@ -208,58 +221,60 @@ def follow_results(client: Any, serve: ServeSettings, request: FollowRequest) ->
                 )
             else:
                 line = describe(item)
-            print(line, flush=True)
+            print(line, file=results_out, flush=True)
             printed += item.result is not None
 
     def emit_single(result: Result) -> None:
         nonlocal printed
         printed += 1
         if request.as_json:
-            print(json.dumps(result), flush=True)
+            print(json.dumps(result), file=results_out, flush=True)
         else:
-            print(f"{result.get('correlation_id', '?')}: {result_text(result)}", flush=True)
+            print(f"{result.get('correlation_id', '?')}: {result_text(result)}", file=results_out, flush=True)
 
     subscription, messages = subscribe_results(client, serve)
     what = f"stream {request.stream_id}" if request.stream_id else "every stream"
     print(f"following {serve.pubsub}/{serve.results_topic} for {what}", file=sys.stderr)
     outcome, code = "", 0
     last_result = time.monotonic()
-    try:
-        while request.count is None or printed < request.count:
-            now = time.monotonic()
-            waits = [d - now for d in (buffer.next_deadline(),) if d is not None]
-            if not request.follow:
-                waits.append(last_result + request.idle_s - now)
-            try:
-                item = messages.get(timeout=max(0.0, min(waits)) if waits else None)
-            except queue.Empty:
-                item = None
-            now = time.monotonic()
-            if item is CLOSED:
-                outcome = "the subscription ended"
-                break
-            if isinstance(item, Exception):
-                raise ClassifierError(
-                    ErrorKind.UNAVAILABLE, f"the subscription to {serve.results_topic} failed: {item}"
-                )
-            if isinstance(item, dict):
-                fields = stream_fields(item)
-                if request.stream_id is None or (fields is not None and fields[0] == request.stream_id):
-                    last_result = now
-                    if fields is None:
-                        emit_single(item)
-                    else:
-                        emit(buffer.add(fields[0], fields[1], item, now))
-            emit(buffer.poll(now))
-            if not request.follow and now - last_result >= request.idle_s:
-                outcome = f"none for {request.idle_s:g} s"
-                break
-        else:
-            outcome = f"{request.count} printed"
-    except KeyboardInterrupt:
-        outcome, code = "interrupted", 130
-    finally:
-        subscription.close()
+    # While it reconnects, the SDK prints its health probes on stdout, which is for results only.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            while request.count is None or printed < request.count:
+                now = time.monotonic()
+                waits = [d - now for d in (buffer.next_deadline(),) if d is not None]
+                if not request.follow:
+                    waits.append(last_result + request.idle_s - now)
+                try:
+                    item = messages.get(timeout=max(0.0, min(waits)) if waits else None)
+                except queue.Empty:
+                    item = None
+                now = time.monotonic()
+                if item is CLOSED:
+                    outcome = "the subscription ended"
+                    break
+                if isinstance(item, Exception):
+                    raise ClassifierError(
+                        ErrorKind.UNAVAILABLE, f"the subscription to {serve.results_topic} failed: {item}"
+                    )
+                if isinstance(item, dict):
+                    fields = stream_fields(item)
+                    if request.stream_id is None or (fields is not None and fields[0] == request.stream_id):
+                        last_result = now
+                        if fields is None:
+                            emit_single(item)
+                        else:
+                            emit(buffer.add(fields[0], fields[1], item, now))
+                emit(buffer.poll(now))
+                if not request.follow and now - last_result >= request.idle_s:
+                    outcome = f"none for {request.idle_s:g} s"
+                    break
+            else:
+                outcome = f"{request.count} printed"
+        except KeyboardInterrupt:
+            outcome, code = "interrupted", 130
+        finally:
+            subscription.close()
     if request.count is None or printed < request.count:
         emit(buffer.flush())
     counts = buffer.counts

@@ -83,10 +83,8 @@ def error_answer(error: ClassifierError) -> Answer:
 
 
 def _status_proto(status: grpc.Status) -> status_pb2.Status:
-    for key, value in status.trailing_metadata:
-        if key == "grpc-status-details-bin":
-            return status_pb2.Status.FromString(value)
-    return status_pb2.Status(code=status.code.value[0], message=status.details)
+    """The google.rpc.Status of one made by error_status: it travels in the trailing metadata."""
+    return status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
 
 
 class AppChannel:

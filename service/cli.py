@@ -548,9 +548,10 @@ def _call_error(exc: Exception) -> str:
     code_of, details_of = getattr(exc, "code", None), getattr(exc, "details", None)
     if isinstance(exc, grpc.RpcError) and callable(code_of) and callable(details_of):
         code = str(getattr(code_of(), "name", code_of())).lower()
-        try:  # DaprGrpcError has no trailing metadata: no ErrorInfo to read
-            status = rpc_status.from_call(exc)
-        except AttributeError:
+        get_status = getattr(exc, "get_grpc_status", None)  # DaprGrpcError keeps the status it read
+        try:
+            status = get_status() if callable(get_status) else rpc_status.from_call(exc)
+        except AttributeError:  # a grpc.RpcError that is not a call: no trailing metadata
             status = None
         for detail in status.details if status is not None else ():
             info = error_details_pb2.ErrorInfo()

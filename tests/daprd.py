@@ -52,7 +52,7 @@ from dapr.proto.runtime.v1 import (
 )
 from google.protobuf import any_pb2, empty_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service.edge.calls import HTTP_STATUS_OF  # daprd's own mapping, which the double applies too
@@ -197,10 +197,14 @@ class _StoredItem:
 
 
 class _ApiError(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    """An error of daprd's API; `reason`: the google.rpc.ErrorInfo daprd's own errors carry in
+    their status details (domain dapr.io), where the real one does (dapr/kit's ErrorBuilder)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, reason: str | None = None) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.reason = reason
 
 
 # --- CEL routing rules --------------------------------------------------------------------------------
@@ -431,7 +435,12 @@ class _DaprApi(dapr_pb2_grpc.DaprServicer):
         try:
             return operation()
         except _ApiError as error:
-            context.abort(error.code, error.details)
+            if error.reason is None:
+                context.abort(error.code, error.details)
+            info = any_pb2.Any()
+            info.Pack(error_details_pb2.ErrorInfo(domain="dapr.io", reason=error.reason))
+            status = status_pb2.Status(code=error.code.value[0], message=error.details, details=[info])
+            context.abort_with_status(rpc_status.to_status(status))
 
 
 def _aborting_handler(
@@ -850,7 +859,12 @@ class FakeDaprd:
 
     def _publish_from_app(self, request: pubsub_pb2.PublishEventRequest) -> None:
         if not request.pubsub_name or (self.pubsubs is not None and request.pubsub_name not in self.pubsubs):
-            raise _ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"pubsub {request.pubsub_name} is not found")
+            # daprd 1.18: apierrors.PubSub(name).WithMetadata(nil).NotFound() (pkg/api/grpc/grpc.go)
+            raise _ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"pubsub {request.pubsub_name} is not found",
+                reason="DAPR_PUBSUB_NOT_FOUND",
+            )
         if not request.topic:
             raise _ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"topic is empty in pubsub {request.pubsub_name}"

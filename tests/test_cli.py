@@ -659,7 +659,7 @@ def test_a_new_version_is_stored_though_it_cannot_be_announced(double: FakeDaprd
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("stored birds version 1 (")
     assert done.stderr.splitlines()[1:] == [  # one line, not the gRPC error's repr
-        "classifier: could not publish to model-updates: invalid_argument: pubsub updates is not found"
+        "classifier: could not publish to model-updates: dapr_pubsub_not_found: pubsub updates is not found"
     ], done.stderr
     listed = json.loads(with_double(double, "models", "list", "--json").stdout)
     assert [(m["name"], m["version"]) for m in listed] == [("birds", 1)]

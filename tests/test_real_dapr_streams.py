@@ -394,6 +394,27 @@ def test_results_from_a_pubsub_the_sidecar_has_not_is_one_line(bare) -> None:
     )
 
 
+def test_publish_to_a_pubsub_the_sidecar_has_not_says_daprds_reason(bare, tmp_path: Path) -> None:
+    """The same failure as tests/test_streams_sources.py's through the daprd double, with the same
+    line: daprd's ErrorInfo reason (DAPR_PUBSUB_NOT_FOUND) and message, which the double copies."""
+    _, daprd = bare
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "00.jpg").write_bytes((IMAGES / "classify" / "bird.jpg").read_bytes())
+    done = subprocess.run(
+        [*CLASSIFIER, "publish", "--frames", str(folder), "--fps", "0", "--stream-id", "s"],
+        env={**command_env(daprd), "CLASSIFIER_PUBSUB": "nosuch"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "classifier: not published: frame 0: dapr_pubsub_not_found: pubsub nosuch is not found"
+    ), done.stderr
+
+
 def test_results_when_the_sidecar_goes_away_is_one_line(bare) -> None:
     _, daprd = bare
     follower = Follower(daprd, "--follow")

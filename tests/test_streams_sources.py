@@ -485,7 +485,7 @@ def test_failed_publishes_are_said_once_each_and_on_a_terminal_as_they_go(tmp_pa
         assert shown is not None, repr(line)
         assert int(shown[2] or 0) + int(shown[1]) == n + 1, repr(line)
     assert lines[2:] == [
-        f"classifier: not published: frame {n}: invalid_argument: pubsub nosuch is not found"
+        f"classifier: not published: frame {n}: dapr_pubsub_not_found: pubsub nosuch is not found"
         for n in range(5)
     ] + [""]
 

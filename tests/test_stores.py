@@ -506,7 +506,7 @@ def test_dapr_store_a_backend_fault_on_commit_is_unavailable_and_stores_no_versi
             store.put("birds", BIRDS, BIRDS_LABELS, progress=backend_fails_on_commit)
         assert error_kind(exc) == ErrorKind.UNAVAILABLE, attempt
         assert exc.value.message == (
-            "state store %r unavailable: fault injected by the daprd double on SaveState" % store.store_name
+            f"state store {store.store_name!r} unavailable: fault injected by the daprd double on SaveState"
         )
         if attempt == "first":
             with pytest.raises(ClassifierError) as missing:

@@ -949,9 +949,7 @@ def test_models_from_bytes_past_the_per_run_limit_are_refused(abi, host, test_gu
     assert any("too many models loaded from bytes in one run" in note for note in result.call.notes)
 
 
-def test_a_tensorflow_function_called_again_is_said_once_and_holds_no_session(
-    host, test_guests, gather_dir
-):
+def test_a_tensorflow_function_called_again_is_said_once_and_holds_no_session(host, test_guests, gather_dir):
     result = run_gather(host, test_guests, gather_dir, "tf-legacy", 2)
     assert result.exit_code == 0, (result.trap, result.stderr)
     assert result.stdout.decode().splitlines()[:3] == ["tf_session 0", "tf_session 0", "open 0 1"]

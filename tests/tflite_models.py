@@ -36,7 +36,8 @@ def gather_model() -> bytes:
     code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.GATHER
     code.version = 1
     model = schema.ModelT()
-    model.version, model.buffers, model.operatorCodes, model.subgraphs = 3, [empty, constants], [code], [subgraph]
+    model.version, model.buffers = 3, [empty, constants]
+    model.operatorCodes, model.subgraphs = [code], [subgraph]
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

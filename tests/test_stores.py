@@ -4,6 +4,7 @@ the Dapr state store (through a real DaprClient and the daprd double's state API
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -593,3 +594,37 @@ def test_dapr_store_a_copy_another_reader_cached_meanwhile_is_used(daprd: FakeDa
     stored = raced.get("birds")
     assert stored.model_path.read_bytes() == BIRDS
     assert [p.name for p in (tmp_path / "shared" / "models").iterdir()] == [stored.directory.name]
+
+
+def test_local_store_a_damaged_manifest_is_a_store_fault_and_an_upload_repairs_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like the Dapr store's: a manifest that is not a JSON object is a fault naming the version,
+    never a raw exception (the command line showed a traceback)."""
+    from service import cli
+
+    store = LocalStore(tmp_path / "store")
+    store.put("birds", BIRDS, BIRDS_LABELS)
+    store.put_guest("logic", GUEST)
+    (store._models.current_dir("birds") / "manifest.json").write_text("{broken")
+    (store._guests.current_dir("logic") / "manifest.json").write_text("[1, 2]")
+    broken = "model 'birds' version 1: manifest.json is not valid JSON: Expecting property name"
+    for read in (store.manifest, store.get, lambda _: store.list_models()):
+        with pytest.raises(ClassifierError) as model_fault:
+            read("birds")
+        assert error_kind(model_fault) == ErrorKind.INTERNAL
+        assert model_fault.value.message.startswith(broken)
+    for read_guest in (store.guest_manifest, store.get_guest):
+        with pytest.raises(ClassifierError) as guest_fault:
+            read_guest("logic")
+        assert (
+            guest_fault.value.message
+            == "guest 'logic' version 1: manifest.json is not valid JSON: not an object"
+        )
+    for variable in [v for v in os.environ if v.startswith("DAPR_")]:  # the module's double: not here
+        monkeypatch.delenv(variable)
+    assert cli.main(["--store", str(tmp_path / "store"), "models", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"classifier: {broken}") and len(err.splitlines()) == 1
+    assert store.put("birds", BIRDS, BIRDS_LABELS).version == 2  # a new version over the damaged one
+    assert store.get("birds").model_path.read_bytes() == BIRDS

@@ -14,7 +14,8 @@ from service.config import Settings
 from service.errors import ConfigError
 from service.imaging import decode_rgb
 from service.inference.backend import load_graph
-from service.inference.litert import MAX_IDLE_PER_THREAD, LiteRtGraph
+from service.inference.cache import GraphCache
+from service.inference.litert import LITERT, MAX_IDLE_PER_THREAD, LiteRtGraph
 from service.inference.model import InferenceError, InferenceErrorKind
 from service.pipeline import Classifier
 from service.stores.local import LocalStore
@@ -148,3 +149,15 @@ def test_a_thread_pools_at_most_two_idle_interpreters_and_a_released_context_is_
         "context is finalized",
     )
     assert scores(graph)[0].argmax() == scores(birds_graph(1))[0].argmax()  # the pooled ones still answer
+
+
+def test_the_graph_cache_keeps_its_capacity_dropping_the_least_recently_used() -> None:
+    """Models a guest loads from bytes: at most `capacity` graphs stay built."""
+    mobilenet = (MODELS / "mobilenet_v2_1.0_224_quant" / "model.tflite").read_bytes()
+    cache = GraphCache(capacity=1)
+    birds = cache.get_or_load(LITERT, [BIRDS])
+    assert cache.get_or_load(LITERT, [BIRDS]) is birds  # held
+    other = cache.get_or_load(LITERT, [mobilenet])
+    assert cache.get_or_load(LITERT, [mobilenet]) is other
+    again = cache.get_or_load(LITERT, [BIRDS])  # birds was dropped for mobilenet: built anew
+    assert again is not birds and again.digest == birds.digest

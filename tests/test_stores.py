@@ -111,6 +111,32 @@ def test_labels_default_to_the_model_metadata(store: Store) -> None:
     assert len(labels) == 1001 and "cheeseburger" in labels
 
 
+def with_metadata_files(model: bytes, files: dict[str, bytes]) -> bytes:
+    """The model with a metadata archive appended, as TFLite metadata's associated files are."""
+    import io
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name, data in files.items():
+            zipped.writestr(name, data)
+    return model + archive.getvalue()
+
+
+def test_metadata_label_files_that_do_not_fit_are_passed_over(store: Store) -> None:
+    """Only a UTF-8 .txt file of one line per class is taken; none fits: no labels."""
+    misfits = {
+        "labels.md": "\n".join(BIRDS_LABELS).encode(),  # not a .txt
+        "labels-latin1.txt": b"caf\xe9\n" * len(BIRDS_LABELS),  # one line per class, not UTF-8
+        "short.txt": b"one\ntwo\n",  # not one line per class
+    }
+    assert not store.put("misfits", with_metadata_files(BIRDS, misfits)).has_labels
+    assert store.get("misfits").labels_path is None
+    fitting = {**misfits, "birds.txt": ("\n".join(BIRDS_LABELS) + "\n").encode()}
+    assert store.put("fits", with_metadata_files(BIRDS, fitting)).has_labels
+    assert store.get("fits").labels_path.read_text().splitlines() == BIRDS_LABELS
+
+
 def test_list_and_remove(store: Store) -> None:
     assert store.list_models() == []
     store.put("b", BIRDS)

@@ -32,3 +32,13 @@ def test_sidecar_client_channels_get_the_reconnect_options(monkeypatch) -> None:
         assert grpc.insecure_channel is recording  # restored
     finally:
         client.close()
+
+
+def test_bulk_delivery_is_asked_for_a_topic_subscribed_first() -> None:
+    import pytest
+    from dapr.ext.grpc import App
+
+    app = App()
+    with pytest.raises(ValueError) as exc:
+        dapr_sdk.subscribe_bulk(app, "pubsub", "images", 32, 20, lambda messages: [])
+    assert str(exc.value) == "subscribe to pubsub/images before asking for it in bulk"

@@ -452,3 +452,7 @@ def test_a_chunk_redis_cannot_read_is_unavailable_naming_the_chunk(tmp_path: Pat
                 f"model 'birds' version {manifest.version}: reading {chunk}: "
             )
             assert "WRONGTYPE" in exc.value.message
+            # An illegal key, though, fails the whole bulk get (what the daprd double does too).
+            with pytest.raises(grpc.RpcError) as illegal:
+                client.get_bulk_state("statestore", [chunk, "a||b"])
+            assert illegal.value.code() == grpc.StatusCode.INVALID_ARGUMENT

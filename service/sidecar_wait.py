@@ -55,12 +55,9 @@ def wait_for_sidecar(api_url: str, timeout_s: float) -> None:
     while True:
         try:
             probe_s = max(0.1, min(1.0, deadline - time.monotonic()))
-            with urllib.request.urlopen(
-                urllib.request.Request(url, headers=headers), timeout=probe_s
-            ) as answer:
-                if 200 <= answer.status < 300:
-                    return
-                reason = f"HTTP {answer.status}"
+            # urlopen raises HTTPError for any status outside 2xx (urllib's HTTPErrorProcessor).
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=probe_s):
+                return
         except urllib.error.HTTPError as exc:
             reason = f"HTTP {exc.code}"
         except urllib.error.URLError as exc:

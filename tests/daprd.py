@@ -786,11 +786,10 @@ class FakeDaprd:
             items = self._store(store)
             result = []
             for key in keys:
-                try:
-                    item = items.get(self.stored_key(store, key))
-                except _ApiError as error:
-                    result.append(state_pb2.BulkStateItem(key=key, error=error.details))
-                    continue
+                # An illegal key fails the whole request, as daprd's GetBulkState does (api/grpc
+                # grpc.go: GetModifiedStateKey before the store is asked); per-item errors are the
+                # store's own (a Redis key of another type).
+                item = items.get(self.stored_key(store, key))
                 if item is None:
                     result.append(state_pb2.BulkStateItem(key=key))
                 else:

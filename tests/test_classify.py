@@ -196,3 +196,29 @@ def test_requests_finish_on_the_version_they_started_with(tmp_path: Path) -> Non
     label_by_version = {1: "Aix galericulata", 2: "AIX GALERICULATA"}
     assert {r["version"] for r in responses} == {1, 2}
     assert all(r["predictions"][0]["label"] == label_by_version[r["version"]] for r in responses)
+
+
+def test_a_callers_shorter_deadline_is_the_guests(classifier):
+    """`timeout_s` (a caller's own deadline, e.g. gRPC's) below the configured one bounds the run."""
+    bird = (IMAGES / "classify" / "bird.jpg").read_bytes()
+    with pytest.raises(ClassifierError) as exc:
+        classifier.classify(bird, "aiy_birds_v1", timeout_s=0.0)
+    assert exc.value.kind == ErrorKind.DEADLINE_EXCEEDED
+    assert exc.value.message == "the guest ran past its deadline of 0 s"
+    assert classifier.classify(bird, "aiy_birds_v1", timeout_s=60.0)["predictions"][0]["label"]
+
+
+def test_a_guest_exiting_model_not_found_is_not_found(test_guests, model_store):
+    """Exit 66 (the default interface's MODEL_NOT_FOUND) is NOT_FOUND, with the guest's last
+    stderr line as the message."""
+    settings = Settings(store_dir=model_store.root, guest=test_guests["hostile"])
+    classifier = Classifier(settings, store=model_store)
+    try:
+        with pytest.raises(ClassifierError) as exc:
+            classifier.classify(b"HOSTILE exit 66\n", "aiy_birds_v1")
+        assert (exc.value.kind, exc.value.message) == (
+            ErrorKind.NOT_FOUND,
+            "hostile: exiting with 66 as asked",
+        )
+    finally:
+        classifier.close()

@@ -214,6 +214,9 @@ def test_key_prefix_and_raw_helpers(client_env: ClientEnv) -> None:
             with pytest.raises(DaprGrpcError) as illegal:
                 client.save_state(STORE, "a||b", b"x")
             assert illegal.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(DaprGrpcError) as illegal_in_bulk:  # the whole request, as daprd
+                client.get_bulk_state(STORE, ["model", "a||b"])
+            assert illegal_in_bulk.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_publish_is_recorded(sidecar: FakeDaprd) -> None:

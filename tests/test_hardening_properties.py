@@ -578,3 +578,30 @@ def test_damaged_images_fail_with_an_image_error(hardening: HardeningLog) -> Non
         "held",
         "decoded to 32x24 RGB, or ImageError (invalid_argument for the caller); no other exception",
     )
+
+
+def test_poll_oneoff_cases_the_property_may_not_draw(probe: Probe, new_call) -> None:
+    """Pinned: an unknown clock, an absolute monotonic time already past, an fd subscription
+    beside a long clock (it fires at once, the clock does not)."""
+    subs_at, events_at, nevents_at = 0x500, 0x900, 0xA0
+
+    def poll(
+        *subscriptions: tuple[int, int, int, int, int],
+    ) -> tuple[int, list[tuple[int, int, int]], list[str]]:
+        probe.fill()
+        for i, (userdata, tag, clock, timeout, flags) in enumerate(subscriptions):
+            packed = struct.pack("<QB7xIxxxxQQH", userdata, tag, clock, timeout, 0, flags).ljust(48, b"\0")
+            probe.write(subs_at + 48 * i, packed)
+        call = new_call()
+        with running(call):
+            errno = probe.call("poll_oneoff", subs_at, events_at, len(subscriptions), nevents_at)
+        events = [
+            struct.unpack_from("<QHB", probe.view().tobytes(), events_at + 32 * i)
+            for i in range(probe.u32(nevents_at))
+        ]
+        return errno, events, call.notes
+
+    # clock 2 (process CPU time) cannot be waited on: EINVAL, nothing written
+    assert poll((7, 0, 2, 1_000, 0)) == (28, [], ["poll_oneoff: clock 2 cannot be waited on"])
+    assert poll((8, 0, 1, 0, 1)) == (0, [(8, 0, 0)], [])  # monotonic, absolute 0: the run's start, past
+    assert poll((9, 0, 1, 3600 * 10**9, 0), (10, 1, 0, 0, 0)) == (0, [(10, 0, 1)], [])  # fd_read ready

@@ -187,3 +187,46 @@ def test_the_private_wasmtime_api_used_is_still_there() -> None:
     from service.wasm import wasmtime_capi
 
     wasmtime_capi.check()
+
+
+def test_a_module_without_start_is_refused_as_not_a_command(host):
+    import pytest
+    import wasmtime
+
+    from service.errors import ClassifierError, ErrorKind
+    from service.wasm.call import GuestCall
+
+    reactor = host.load_guest(wasmtime.wat2wasm('(module (memory (export "memory") 1))'), "reactor")
+    with pytest.raises(ClassifierError) as exc:
+        host.run(reactor, [], call=GuestCall())
+    assert exc.value.kind == ErrorKind.INVALID_ARGUMENT
+    assert exc.value.message == "guest 'reactor' is not a WASI command (no _start)"
+
+
+def test_a_module_asking_more_memory_than_the_limit_fails_to_instantiate(host):
+    import wasmtime
+
+    from service.wasm.call import GuestCall
+
+    wasm = wasmtime.wat2wasm('(module (memory (export "memory") 64) (func (export "_start")))')  # 4 MiB
+    guest = host.load_guest(wasm, "big")
+    result = host.run(guest, [], call=GuestCall(limits=GuestLimits(memory_bytes=1 << 20)))
+    assert (result.exit_code, result.trap_reason) == (None, "instantiation")
+    assert result.trap and "memory" in result.trap
+    assert host.run(guest, [], call=GuestCall()).exit_code == 0  # within the default limit it runs
+
+
+def test_poll_oneoff_from_a_module_without_memory_traps(host):
+    import wasmtime
+
+    from service.wasm.call import GuestCall
+
+    wasm = wasmtime.wat2wasm(
+        """(module
+          (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+          (func (export "_start")
+            (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
+    )
+    result = host.run(host.load_guest(wasm, "no-memory"), [], call=GuestCall())
+    assert result.exit_code is None and result.trap is not None
+    assert "guest exports no memory" in result.trap

@@ -14,7 +14,9 @@ from service.config import Settings
 from service.errors import ConfigError
 from service.imaging import decode_rgb
 from service.inference.backend import load_graph
-from service.inference.litert import LiteRtGraph
+from service.inference.cache import GraphCache
+from service.inference.litert import LITERT, MAX_IDLE_PER_THREAD, LiteRtGraph
+from service.inference.model import InferenceError, InferenceErrorKind
 from service.pipeline import Classifier
 from service.stores.local import LocalStore
 
@@ -131,3 +133,31 @@ def test_the_pipeline_answers_alike_with_and_without_it(tmp_path) -> None:
             classifier.close()
     assert answers[2] == answers[1] and answers[1][0] == answers[1][2]
     assert answers[1][0][0]["label"] == "Aix galericulata"
+
+
+def test_a_thread_pools_at_most_two_idle_interpreters_and_a_released_context_is_finalized() -> None:
+    graph = birds_graph(1)
+    contexts = [graph.new_context() for _ in range(MAX_IDLE_PER_THREAD + 1)]  # one pooled, two built
+    assert graph.idle_count() == 0
+    for context in contexts:
+        context.release()
+    assert graph.idle_count() == MAX_IDLE_PER_THREAD  # the third is dropped
+    with pytest.raises(InferenceError) as finalized:
+        contexts[0].compute()
+    assert (finalized.value.kind, str(finalized.value)) == (
+        InferenceErrorKind.INVALID_ARGUMENT,
+        "context is finalized",
+    )
+    assert scores(graph)[0].argmax() == scores(birds_graph(1))[0].argmax()  # the pooled ones still answer
+
+
+def test_the_graph_cache_keeps_its_capacity_dropping_the_least_recently_used() -> None:
+    """Models a guest loads from bytes: at most `capacity` graphs stay built."""
+    mobilenet = (MODELS / "mobilenet_v2_1.0_224_quant" / "model.tflite").read_bytes()
+    cache = GraphCache(capacity=1)
+    birds = cache.get_or_load(LITERT, [BIRDS])
+    assert cache.get_or_load(LITERT, [BIRDS]) is birds  # held
+    other = cache.get_or_load(LITERT, [mobilenet])
+    assert cache.get_or_load(LITERT, [mobilenet]) is other
+    again = cache.get_or_load(LITERT, [BIRDS])  # birds was dropped for mobilenet: built anew
+    assert again is not birds and again.digest == birds.digest

@@ -25,6 +25,7 @@ import pytest
 import wasmtime
 from conftest import IMAGES, MODELS, put_shared_model
 from service_process import ServiceProcess, new_daprd
+from tflite_models import GATHER_CONSTANTS, gather_model
 
 from service import cli
 from service.config import Settings
@@ -35,7 +36,7 @@ from service.inference.cache import GraphCache
 from service.inference.litert import LITERT, Interpreter, LiteRtGraph
 from service.pipeline import Classifier
 from service.stores.local import LocalStore
-from service.wasm.call import GuestCall
+from service.wasm.call import GuestCall, GuestLimits
 from service.wasm.host import GuestResult, Preopen, WasmHost
 from service.wasm.tensorflowlite import TfliteContext
 from service.watcher import Watcher
@@ -890,3 +891,70 @@ def test_guest_and_args_from_the_environment(monkeypatch, test_guests):
     monkeypatch.setenv("CLASSIFIER_GUEST_ARGS", "{model_path} {image}")
     with pytest.raises(ClassifierError, match=re.escape("placeholder {image}")):
         Settings.from_env()
+
+
+# -- an invoke that fails, and the per-run session limits, through each NN ABI ---------------
+
+
+@pytest.fixture(scope="module")
+def gather_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("gather")
+    (directory / "model.tflite").write_bytes(gather_model())
+    return directory
+
+
+def run_gather(host, test_guests, gather_dir, abi: str, index: int, sessions: int = 1, call=None):
+    return run_in_host(
+        host, test_guests["gather_probe"], abi, MODEL_IN_GUEST, str(index), str(sessions),
+        graph_cache=call.graph_cache if call else GraphCache(), model_dir=gather_dir, call=call,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("abi", ["nn", "legacy", "plugin"])
+def test_a_failing_invoke_is_the_abis_failure_and_the_guest_goes_on(abi, host, test_guests, gather_dir):
+    """TfLiteInterpreterInvoke failing: wasi-nn compute and the plugin's run_session -> 4 busy
+    (wasm-abi.md §2.5), the legacy run_session -> 1; an errno, never a trap."""
+    ok = run_gather(host, test_guests, gather_dir, abi, 2)
+    assert ok.exit_code == 0, (ok.trap, ok.stderr)
+    assert lines(ok.stdout)["run"] == "0" and lines(ok.stdout)["value"] == str(GATHER_CONSTANTS[2])
+    failed = run_gather(host, test_guests, gather_dir, abi, 9)
+    assert failed.exit_code == 0 and failed.trap is None, (failed.trap, failed.stderr)
+    assert lines(failed.stdout)["run"] == ("1" if abi == "legacy" else "4")
+    assert "value" not in lines(failed.stdout) and failed.stdout.decode().endswith("done\n")
+    (note,) = [n for n in failed.call.notes if "run_session" in n or "compute" in n]
+    assert "invoke: gather index out of bounds" in note
+
+
+@pytest.mark.parametrize("abi", ["nn", "legacy", "plugin"])
+def test_sessions_past_the_per_run_limit_are_refused(abi, host, test_guests, gather_dir):
+    call = GuestCall(limits=GuestLimits(max_contexts=2), graph_cache=GraphCache())
+    result = run_gather(host, test_guests, gather_dir, abi, 1, sessions=3, call=call)
+    assert result.exit_code == 0, (result.trap, result.stderr)
+    refused = "0" if abi == "legacy" else "4"  # legacy: no handle; else busy
+    opened = "1" if abi == "legacy" else "0"
+    got = [line for line in result.stdout.decode().splitlines() if line.startswith("open ")]
+    assert got == [f"open 0 {opened}", f"open 1 {opened}", f"open 2 {refused}"]
+    assert lines(result.stdout)["run"] == "0"  # the first session still runs
+    what = "execution contexts" if abi == "nn" else "sessions"
+    assert any(f"more than 2 {what}" in note for note in result.call.notes), result.call.notes
+
+
+@pytest.mark.parametrize("abi", ["legacy", "plugin"])
+def test_models_from_bytes_past_the_per_run_limit_are_refused(abi, host, test_guests, gather_dir):
+    call = GuestCall(limits=GuestLimits(max_loaded_graphs=1), graph_cache=GraphCache())
+    result = run_gather(host, test_guests, gather_dir, abi, 1, sessions=2, call=call)
+    assert result.exit_code == 0, (result.trap, result.stderr)
+    got = [line for line in result.stdout.decode().splitlines() if line.startswith("open ")]
+    assert got == (["open 0 1", "open 1 0"] if abi == "legacy" else ["open 0 0", "open 1 4"])
+    assert any("too many models loaded from bytes in one run" in note for note in result.call.notes)
+
+
+def test_a_tensorflow_function_called_again_is_said_once_and_holds_no_session(host, test_guests, gather_dir):
+    result = run_gather(host, test_guests, gather_dir, "tf-legacy", 2)
+    assert result.exit_code == 0, (result.trap, result.stderr)
+    assert result.stdout.decode().splitlines()[:3] == ["tf_session 0", "tf_session 0", "open 0 1"]
+    assert lines(result.stdout)["run"] == "0"
+    assert result.stderr.decode().splitlines() == [
+        "wasmedge_tensorflow_create_session: this host runs TensorFlow Lite models only, not TensorFlow "
+        "(returns 0)"
+    ]

@@ -33,7 +33,7 @@ from daprd import FakeDaprd
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from real_dapr import free_port, sidecar_env, wait_for
-from service_process import ROOT, ServiceProcess, new_daprd, results_for, upload
+from service_process import ROOT, ServiceProcess, error_of, new_daprd, results_for, upload
 
 BIRD = (IMAGES / "classify" / "bird.jpg").read_bytes()
 BIRDS_SHA256 = hashlib.sha256((MODELS / "aiy_birds_v1" / "model.tflite").read_bytes()).hexdigest()
@@ -486,6 +486,25 @@ def test_spans_per_stage_reach_an_otlp_receiver(receiver: tuple[Receiver, int], 
         line = next(line for line in service.log().splitlines() if " classify transport=invoke" in line)
         assert f"trace_id={trace_id}" in line and "outcome=ok" in line and "model=birds" in line
         assert "metrics on" not in service.log()  # CLASSIFIER_METRICS_PORT=0 (the harness's): no /metrics
+
+        # A body that does not decode (refused before the pipeline: no stage timings): one span, its error.
+        bad_trace = secrets.token_hex(16)
+        refused = daprd.invoke(
+            "classify",
+            b'{"image_base64": ',
+            "application/json",
+            {"traceparent": f"00-{bad_trace}-{caller_span}-01"},
+        )
+        assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+        wait_for(
+            lambda: any(span.trace_id.hex() == bad_trace for span in collector.spans()),
+            timeout=30,
+            what="the refused request's span",
+        )
+        (bad,) = [span for span in collector.spans() if span.trace_id.hex() == bad_trace]
+        assert bad.name == "classify invoke" and bad.end_time_unix_nano >= bad.start_time_unix_nano
+        assert {a.key: a.value for a in bad.attributes}["outcome"].string_value == "invalid_argument"
+        assert bad.status.message == error_of(refused)["message"]
         assert service.terminate() == 0
     finally:
         if service is not None:

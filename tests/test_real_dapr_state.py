@@ -27,6 +27,7 @@ from dapr.clients import DaprClient
 from real_dapr import Daprd, Stack, sidecar_env, stack, wait_for
 
 from service.dapr_sdk import Concurrency, StateOptions
+from service.errors import ClassifierError, ErrorKind
 from service.stores.dapr import CHUNK_BYTES, DaprStore
 
 pytestmark = pytest.mark.dapr
@@ -430,3 +431,28 @@ def test_with_redis_down_at_start_up_daprd_exits_and_the_app_waits_quietly(tmp_p
         app.wait_ready()
         assert classify_through(daprd)["version"] == 1
         assert "start-up failed" not in app.log()
+
+
+def test_a_chunk_redis_cannot_read_is_unavailable_naming_the_chunk(tmp_path: Path) -> None:
+    """A key Redis holds as another type (here a list) fails alone in a bulk get: daprd answers
+    that item with an error (state/bulk.go DoBulkGet), which the store reports with its key."""
+    with stack(tmp_path, replicas=0) as s:
+        sidecar = s.add_sidecar("reader")
+        with sidecar_env(sidecar), DaprClient() as client:
+            manifest = DaprStore(client, tmp_path / "uploader").put("birds", BIRDS)
+            redis = s.redis.client()
+            record = json.loads(redis.hget(PREFIX + "model/birds", "data"))
+            chunk = f"model/birds/{record['chunk_prefix']}/1"
+            redis.delete(PREFIX + chunk)
+            redis.rpush(PREFIX + chunk, b"not a state item")
+            with pytest.raises(ClassifierError) as exc:
+                DaprStore(client, tmp_path / "reader").get("birds")
+            assert exc.value.kind == ErrorKind.UNAVAILABLE
+            assert exc.value.message.startswith(
+                f"model 'birds' version {manifest.version}: reading {chunk}: "
+            )
+            assert "WRONGTYPE" in exc.value.message
+            # An illegal key, though, fails the whole bulk get (what the daprd double does too).
+            with pytest.raises(grpc.RpcError) as illegal:
+                client.get_bulk_state("statestore", [chunk, "a||b"])
+            assert illegal.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -4,6 +4,7 @@ the Dapr state store (through a real DaprClient and the daprd double's state API
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from service_process import new_daprd, sidecar_env
 
 from service.errors import ClassifierError, ErrorKind
 from service.stores.base import GUEST_FILE, ModelManifest, Store
-from service.stores.dapr import CHUNK_BYTES, DaprStore
+from service.stores.dapr import BULK_GET_BYTES, CHUNK_BYTES, DaprStore
 from service.stores.local import LocalStore
 
 BIRDS = (MODELS / "aiy_birds_v1" / "model.tflite").read_bytes()
@@ -108,6 +109,32 @@ def test_labels_default_to_the_model_metadata(store: Store) -> None:
     assert manifest.has_labels
     labels = store.get("meta").labels_path.read_text().splitlines()
     assert len(labels) == 1001 and "cheeseburger" in labels
+
+
+def with_metadata_files(model: bytes, files: dict[str, bytes]) -> bytes:
+    """The model with a metadata archive appended, as TFLite metadata's associated files are."""
+    import io
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name, data in files.items():
+            zipped.writestr(name, data)
+    return model + archive.getvalue()
+
+
+def test_metadata_label_files_that_do_not_fit_are_passed_over(store: Store) -> None:
+    """Only a UTF-8 .txt file of one line per class is taken; none fits: no labels."""
+    misfits = {
+        "labels.md": "\n".join(BIRDS_LABELS).encode(),  # not a .txt
+        "labels-latin1.txt": b"caf\xe9\n" * len(BIRDS_LABELS),  # one line per class, not UTF-8
+        "short.txt": b"one\ntwo\n",  # not one line per class
+    }
+    assert not store.put("misfits", with_metadata_files(BIRDS, misfits)).has_labels
+    assert store.get("misfits").labels_path is None
+    fitting = {**misfits, "birds.txt": ("\n".join(BIRDS_LABELS) + "\n").encode()}
+    assert store.put("fits", with_metadata_files(BIRDS, fitting)).has_labels
+    assert store.get("fits").labels_path.read_text().splitlines() == BIRDS_LABELS
 
 
 def test_list_and_remove(store: Store) -> None:
@@ -407,3 +434,223 @@ def test_a_models_guest_is_a_name(store: Store) -> None:
         store.set_guest("nosuch", "describe")
     assert error_kind(missing) == ErrorKind.NOT_FOUND
     assert store.list_models() == []
+
+
+# -- the Dapr store's commits and reads when something else happens meanwhile ----------------
+
+
+def dapr_store(tmp_path: Path, cache: str = "cache") -> tuple[DaprStore, str]:
+    """A Dapr store on a state store of its own (the module's double); its name."""
+    name = f"statestore-{next(STORE_NUMBERS)}"
+    return DaprStore(DaprClient(), tmp_path / cache, store_name=name), name
+
+
+def chunk_keys(daprd: FakeDaprd, store_name: str, key: str) -> list[str]:
+    return [k for k in daprd.state(store_name) if k.startswith(f"{store_name}||{key}/")]
+
+
+def test_dapr_store_an_identical_upload_committed_meanwhile_is_the_answer(
+    daprd: FakeDaprd, tmp_path: Path
+) -> None:
+    """Two uploads of the same model: the one that commits second stores nothing, drops the
+    chunks it wrote and answers the first one's version as unchanged."""
+    store, name = dapr_store(tmp_path)
+
+    def upload_the_same_meanwhile(done: int, total: int) -> None:
+        if done == total:
+            assert store.put("m", BIRDS, BIRDS_LABELS).version == 1
+
+    answer = store.put("m", BIRDS, BIRDS_LABELS, progress=upload_the_same_meanwhile)
+    assert (answer.version, answer.unchanged) == (1, True)
+    assert len(chunk_keys(daprd, name, "model/m")) == -(-len(BIRDS) // CHUNK_BYTES)  # one upload's
+    assert store.get("m").model_path.read_bytes() == BIRDS
+
+    def upload_the_same_guest_meanwhile(done: int, total: int) -> None:
+        if done == total:
+            assert store.put_guest("g", GUEST).version == 1
+
+    guest = store.put_guest("g", GUEST, progress=upload_the_same_guest_meanwhile)
+    assert (guest.version, guest.unchanged) == (1, True)
+    assert len(chunk_keys(daprd, name, "guest/g")) == 1
+    assert [g.name for g in store.list_guests()] == ["g"]
+
+
+def test_dapr_store_a_conflicting_commit_is_tried_again_then_unavailable(
+    daprd: FakeDaprd, tmp_path: Path
+) -> None:
+    """daprd answers ABORTED when the etag no longer matches (another write came first): the
+    manifest is read again and written over it, at most COMMIT_ATTEMPTS times."""
+    import grpc
+
+    store, _ = dapr_store(tmp_path)
+    store.put("birds", BIRDS, BIRDS_LABELS)
+    daprd.fail_next("SaveState", grpc.StatusCode.ABORTED)
+    assert store.set_guest("birds", "describe").version == 2  # the second attempt
+    daprd.fail_next("SaveState", grpc.StatusCode.ABORTED, times=8)
+    with pytest.raises(ClassifierError) as exc:
+        store.set_guest("birds", "mnist")
+    assert error_kind(exc) == ErrorKind.UNAVAILABLE
+    assert exc.value.message == "model/birds was replaced by 8 other writes meanwhile; try again"
+    assert store.manifest("birds").guest == "describe"
+
+    def conflict_on_every_commit(done: int, total: int) -> None:
+        if done == total:  # the chunks are written; the manifest's commits conflict
+            daprd.fail_next("SaveState", grpc.StatusCode.ABORTED, times=8)
+
+    with pytest.raises(ClassifierError) as upload:
+        store.put("mobilenet", MOBILENET, progress=conflict_on_every_commit)
+    assert error_kind(upload) == ErrorKind.UNAVAILABLE
+    assert upload.value.message == (
+        "model/mobilenet was replaced by 8 other uploads while this one committed; try again"
+    )
+    with pytest.raises(ClassifierError) as missing:
+        store.manifest("mobilenet")
+    assert error_kind(missing) == ErrorKind.NOT_FOUND
+
+    daprd.fail_next("SaveState", grpc.StatusCode.ABORTED, times=8)  # the index's writes
+    with pytest.raises(ClassifierError) as index:
+        store.remove("birds")
+    assert error_kind(index) == ErrorKind.UNAVAILABLE
+    assert index.value.message == "the models index kept changing; try again"
+    assert [m.name for m in store.list_models()] == ["birds"]
+
+
+def test_dapr_store_a_backend_fault_on_commit_is_unavailable_and_stores_no_version(
+    daprd: FakeDaprd, tmp_path: Path
+) -> None:
+    """INTERNAL on the manifest's write (Redis down, as real daprd reports it) is UNAVAILABLE, for a
+    first version (first-write without etag: the key is looked at, it does not exist) and a next one."""
+    import grpc
+
+    store, _ = dapr_store(tmp_path)
+
+    def backend_fails_on_commit(done: int, total: int) -> None:
+        if done == total:
+            daprd.fail_next("SaveState", grpc.StatusCode.INTERNAL)
+
+    for attempt in ("first", "next"):
+        with pytest.raises(ClassifierError) as exc:
+            store.put("birds", BIRDS, BIRDS_LABELS, progress=backend_fails_on_commit)
+        assert error_kind(exc) == ErrorKind.UNAVAILABLE, attempt
+        assert exc.value.message == (
+            f"state store {store.store_name!r} unavailable: fault injected by the daprd double on SaveState"
+        )
+        if attempt == "first":
+            with pytest.raises(ClassifierError) as missing:
+                store.manifest("birds")
+            assert error_kind(missing) == ErrorKind.NOT_FOUND
+            assert store.put("mobilenet", MOBILENET).version == 1
+            store.remove("mobilenet")
+            assert store.put("birds", MOBILENET).version == 1
+    assert store.manifest("birds").version == 1
+    assert store.get("birds").model_path.read_bytes() == MOBILENET
+
+
+def test_dapr_store_a_manifest_that_is_not_a_json_object_is_a_store_fault(
+    daprd: FakeDaprd, tmp_path: Path
+) -> None:
+    store, name = dapr_store(tmp_path)
+    store.put("birds", BIRDS, BIRDS_LABELS)
+    store.put("mobilenet", MOBILENET)
+    daprd.put_raw(name, "model/mobilenet", b"[1, 2]")
+    with pytest.raises(ClassifierError) as not_object:
+        store.manifest("mobilenet")
+    assert error_kind(not_object) == ErrorKind.INTERNAL
+    assert not_object.value.message == (
+        f"model/mobilenet in state store {name!r} is not valid JSON: not an object"
+    )
+    with pytest.raises(ClassifierError) as listed:
+        store.list_models()  # a damaged manifest is not skipped: it is a fault to see
+    assert listed.value.message == not_object.value.message
+    daprd.put_raw(name, "model/mobilenet", b"{not json")
+    with pytest.raises(ClassifierError) as not_json:
+        store.get("mobilenet")
+    assert error_kind(not_json) == ErrorKind.INTERNAL
+    assert not_json.value.message.startswith(f"model/mobilenet in state store {name!r} is not valid JSON: ")
+    # a manifest removed after the index named it (a remove meanwhile) is skipped
+    daprd.delete_raw(name, "model/mobilenet")
+    assert [m.name for m in store.list_models()] == ["birds"]
+
+
+def test_dapr_store_an_unknown_state_store_is_a_fault_that_names_it(tmp_path: Path) -> None:
+    """daprd answers INVALID_ARGUMENT for a store it has no component for: misconfiguration,
+    not retried."""
+    sidecar = new_daprd(state_stores=["statestore"])
+    try:
+        with sidecar_env(sidecar), DaprClient() as client:
+            store = DaprStore(client, tmp_path / "cache", store_name="nosuch")
+            with pytest.raises(ClassifierError) as exc:
+                store.manifest("birds")
+            assert error_kind(exc) == ErrorKind.INTERNAL
+            assert exc.value.message == (
+                "state store 'nosuch': StatusCode.INVALID_ARGUMENT: state store nosuch is not found"
+            )
+    finally:
+        sidecar.close()
+
+
+def test_dapr_store_a_cache_copy_without_its_model_file_is_fetched_again(
+    daprd: FakeDaprd, tmp_path: Path
+) -> None:
+    store, _ = dapr_store(tmp_path)
+    store.put("birds", BIRDS, BIRDS_LABELS)
+    stored = store.get("birds")
+    stored.model_path.unlink()
+    bulk_gets = daprd.calls["GetBulkState"]
+    again = dapr_store(tmp_path)[0]  # a restarted service on the same cache
+    again.store_name = store.store_name
+    assert again.get("birds").model_path.read_bytes() == BIRDS
+    chunks = -(-len(BIRDS) // CHUNK_BYTES)
+    assert daprd.calls["GetBulkState"] == bulk_gets + -(-chunks // (BULK_GET_BYTES // CHUNK_BYTES))
+
+
+def test_dapr_store_a_copy_another_reader_cached_meanwhile_is_used(daprd: FakeDaprd, tmp_path: Path) -> None:
+    """Two readers of one cache directory fetch the same version at once: the one that finishes
+    second finds the other's copy in place (its own rename fails) and hands that out."""
+    store, name = dapr_store(tmp_path, "uploader")
+    store.put("birds", BIRDS, BIRDS_LABELS)
+
+    class ReaderRacedByAnother(DaprClient):
+        def get_bulk_state(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            other = DaprStore(DaprClient(), tmp_path / "shared", store_name=name)
+            other.get("birds")  # the other reader finishes first
+            return super().get_bulk_state(*args, **kwargs)  # type: ignore[arg-type]
+
+    raced = DaprStore(ReaderRacedByAnother(), tmp_path / "shared", store_name=name)
+    stored = raced.get("birds")
+    assert stored.model_path.read_bytes() == BIRDS
+    assert [p.name for p in (tmp_path / "shared" / "models").iterdir()] == [stored.directory.name]
+
+
+def test_local_store_a_damaged_manifest_is_a_store_fault_and_an_upload_repairs_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like the Dapr store's: a manifest that is not a JSON object is a fault naming the version,
+    never a raw exception (the command line showed a traceback)."""
+    from service import cli
+
+    store = LocalStore(tmp_path / "store")
+    store.put("birds", BIRDS, BIRDS_LABELS)
+    store.put_guest("logic", GUEST)
+    (store._models.current_dir("birds") / "manifest.json").write_text("{broken")
+    (store._guests.current_dir("logic") / "manifest.json").write_text("[1, 2]")
+    broken = "model 'birds' version 1: manifest.json is not valid JSON: Expecting property name"
+    for read in (store.manifest, store.get, lambda _: store.list_models()):
+        with pytest.raises(ClassifierError) as model_fault:
+            read("birds")
+        assert error_kind(model_fault) == ErrorKind.INTERNAL
+        assert model_fault.value.message.startswith(broken)
+    for read_guest in (store.guest_manifest, store.get_guest):
+        with pytest.raises(ClassifierError) as guest_fault:
+            read_guest("logic")
+        assert (
+            guest_fault.value.message
+            == "guest 'logic' version 1: manifest.json is not valid JSON: not an object"
+        )
+    for variable in [v for v in os.environ if v.startswith("DAPR_")]:  # the module's double: not here
+        monkeypatch.delenv(variable)
+    assert cli.main(["--store", str(tmp_path / "store"), "models", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"classifier: {broken}") and len(err.splitlines()) == 1
+    assert store.put("birds", BIRDS, BIRDS_LABELS).version == 2  # a new version over the damaged one
+    assert store.get("birds").model_path.read_bytes() == BIRDS

@@ -219,9 +219,6 @@ class ClassifierService:
         if self.spans is not None:
             self.spans.close()
 
-    def wait(self) -> None:
-        self._server.wait_for_termination()
-
     def _set_state(self, state: str, reason: str | None = None) -> None:
         """Start-up's state, which health reports: logged once when it changes (starting ->
         waiting for the sidecar / a model / the store -> ready), never once per probe."""
@@ -252,6 +249,9 @@ class ClassifierService:
             self.metrics.model_info.statuses = classifier.models.statuses
             watcher = Watcher(classifier, self.serve.guest_name, self.serve.poll_s)
             self._load(classifier, watcher)
+            if self.stopping.is_set():  # stopped while it waited: start nothing more
+                classifier.close()
+                return
             self.classifier, self.watcher = classifier, watcher
             self._warm_workers(classifier)
             # What start-up made lives as long as the process: out of the collector's way, a

@@ -232,8 +232,7 @@ class LiteRtBackend:
     file_suffix = ".tflite"
 
     def load(self, builders: Sequence[bytes], num_threads: int = 1, solo_threads: int = 1) -> LiteRtGraph:
-        if len(builders) != self.builder_count:
-            raise ValueError(f"a TFLite model is 1 graph builder, got {len(builders)}")
+        # The count is checked where a guest gives it (wasi_nn.load); the other callers pass one.
         return LiteRtGraph(builders[0], num_threads, solo_threads)
 
 

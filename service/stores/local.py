@@ -37,6 +37,7 @@ from .base import (
     prepare_guest,
     prepare_model,
     read_verified,
+    store_fault,
 )
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ class _VersionedDirs:
         return self.root / name / str(version)
 
     def manifest_data(self, name: str) -> dict[str, Any]:
-        return json.loads((self.current_dir(name) / MANIFEST_FILE).read_text())
+        return read_manifest(self.current_dir(name), f"{self.kind} {name!r}")
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -166,7 +167,7 @@ class LocalStore:
 
     def get(self, name: str) -> StoredModel:
         directory = self._models.current_dir(name)
-        manifest = ModelManifest.from_dict(json.loads((directory / MANIFEST_FILE).read_text()))
+        manifest = ModelManifest.from_dict(read_manifest(directory, f"model {name!r}"))
         stored = StoredModel(manifest=manifest, directory=directory)
         read_verified(stored.model_path, manifest.sha256, f"model {name!r} version {manifest.version}")
         return stored
@@ -198,7 +199,7 @@ class LocalStore:
 
     def get_guest(self, name: str) -> StoredGuest:
         directory = self._guests.current_dir(name)
-        manifest = GuestManifest.from_dict(json.loads((directory / MANIFEST_FILE).read_text()))
+        manifest = GuestManifest.from_dict(read_manifest(directory, f"guest {name!r}"))
         what = f"guest {name!r} version {manifest.version}"
         wasm = read_verified(directory / GUEST_FILE, manifest.sha256, what)
         return StoredGuest(manifest=manifest, wasm=wasm)
@@ -208,6 +209,18 @@ class LocalStore:
 
     def remove_guest(self, name: str) -> None:
         self._guests.remove(name)
+
+
+def read_manifest(directory: Path, what: str) -> dict[str, Any]:
+    """A version's manifest; a store fault if the file is damaged (as the Dapr store's are)."""
+    try:
+        data = json.loads((directory / MANIFEST_FILE).read_text("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:  # UnicodeDecodeError too
+        message = f"{what} version {directory.name}: {MANIFEST_FILE} is not valid JSON: {exc}"
+        raise store_fault(message) from exc
+    return data
 
 
 def _intact(get: Callable[[str], T], name: str) -> T | None:

@@ -160,17 +160,34 @@ def shows(expected: list[str], output: str, *, ordered: bool = True) -> bool:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def check_fixed_ports() -> None:
+def port_taken(port: int) -> str | None:
+    """Why `port` cannot be bound as the servers bind it (None: it can)."""
+    with socket.socket() as probe:
+        # as the servers bind: connections in TIME_WAIT do not count, a listener does
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def check_fixed_ports(wait_s: float = 60.0) -> None:
+    """Each fixed port free, waiting up to `wait_s` for it: a busy machine's outgoing connections
+    take ephemeral ports (32768-60999 holds 50052) for a moment; a listener stays, and is named."""
+    deadline = time.monotonic() + wait_s
     for port, what in FIXED_PORTS.items():
-        with socket.socket() as probe:
-            # as the servers bind: connections in TIME_WAIT do not count, a listener does
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("0.0.0.0", port))
-                continue
-            except OSError as exc:
-                taken = exc.strerror
-        pytest.fail(f"port {port} ({what}) is taken ({taken}): this test needs it free", pytrace=False)
+        while (taken := port_taken(port)) is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if taken is not None:
+            holders = subprocess.run(
+                ["ss", "-Htanp", f"sport = :{port}"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            pytest.fail(
+                f"port {port} ({what}) is taken ({taken}): this test needs it free; "
+                f"sockets on it: {holders or 'none listed'}",
+                pytrace=False,
+            )
 
 
 def user_env(tmp: Path) -> dict[str, str]:

@@ -79,9 +79,8 @@ def test_decode_rgb_turns_the_picture_by_its_orientation(orientation: int) -> No
     size = (3, 4) if orientation in (5, 6, 7, 8) else (4, 3)
     pixels = decode_rgb(data, *size)
     assert pixels.shape == (size[1], size[0], 3)
-    assert tuple(int(i) for i in np.argwhere((pixels == ASYMMETRIC[0, 0]).all(axis=-1))[0]) == (
-        FIRST_PIXEL[orientation]
-    )
+    [first] = np.argwhere((pixels == ASYMMETRIC[0, 0]).all(axis=-1)).tolist()
+    assert tuple(first) == FIRST_PIXEL[orientation]
     assert (pixels == decode_full_rgb(data)).all()  # the same picture as the legacy path's
 
 

@@ -94,3 +94,30 @@ def test_a_turned_jpeg_is_drafted_at_the_scale_of_its_stored_size(orientation: i
     upright = decode_rgb(encoded(smooth, "JPEG", quality=90), 16, 8)
     turned = decode_rgb(with_orientation(smooth, orientation, "JPEG"), 8, 16)
     assert turned.shape == (16, 8, 3) and (turned == np.rot90(upright, turn)).all()
+
+
+def grey(mode: str, values: list[int], format: str) -> bytes:
+    dtype = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I": "<i4"}[mode]
+    return encoded(Image.frombytes(mode, (len(values), 1), np.array(values, dtype).tobytes()), format)
+
+
+# Pillow opens 16-bit grey as I;16 from PNG, I;16B from big-endian TIFF, and I;16L only from its own IM
+# format (deprecated: when it goes, no file opens as I;16L).
+@pytest.mark.filterwarnings("ignore:IM image format is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(("mode", "format"), [("I;16", "PNG"), ("I;16B", "TIFF"), ("I;16L", "IM")])
+def test_sixteen_bit_grey_of_either_byte_order_is_scaled_to_eight_bits(mode: str, format: str) -> None:
+    data = grey(mode, [0, 256, 65535], format)
+    assert Image.open(io.BytesIO(data)).mode == mode
+    assert decode_full_rgb(data)[0].tolist() == [[0] * 3, [1] * 3, [255] * 3]
+    assert decode_rgb(data, 3, 1)[0].tolist() == [[0] * 3, [1] * 3, [255] * 3]
+
+
+def test_sixteen_bit_grey_one_past_eight_bits_is_scaled() -> None:
+    assert decode_full_rgb(grey("I;16", [0, 128, 256], "PNG"))[0, :, 0].tolist() == [0, 0, 1]
+
+
+def test_thirty_two_bit_grey_is_scaled_as_sixteen_bit_and_clipped_to_eight_bits() -> None:
+    data = grey("I", [-5, 0, 70000, 2**31 - 1], "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I"
+    assert decode_full_rgb(data)[0, :, 0].tolist() == [0, 0, 255, 255]
+    assert decode_full_rgb(grey("I", [0, 128, 255], "TIFF"))[0, :, 0].tolist() == [0, 128, 255]

@@ -121,3 +121,13 @@ def test_thirty_two_bit_grey_is_scaled_as_sixteen_bit_and_clipped_to_eight_bits(
     assert Image.open(io.BytesIO(data)).mode == "I"
     assert decode_full_rgb(data)[0, :, 0].tolist() == [0, 0, 255, 255]
     assert decode_full_rgb(grey("I", [0, 128, 255], "TIFF"))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_decode_rgb_resizes_bilinearly() -> None:
+    """Pillow's bilinear filter: output pixel x samples the source at (x + 0.5) * 4 / 8 - 0.5 between
+    pixel centres; pixel 3 at 1.25: 50 + 0.25 * 150 = 87.5, rounded to 88 (a bicubic filter would ring:
+    47, 40 ... 210, 203)."""
+    step = encoded(Image.fromarray(np.array([[50, 50, 200, 200]], np.uint8)))
+    pixels = decode_rgb(step, 8, 1)
+    assert pixels.dtype == np.uint8
+    assert pixels[0, :, 0].tolist() == [50, 50, 50, 88, 163, 200, 200, 200]

@@ -120,6 +120,8 @@ def test_thirty_two_bit_grey_is_scaled_as_sixteen_bit_and_clipped_to_eight_bits(
     data = grey("I", [-5, 0, 70000, 2**31 - 1], "TIFF")
     assert Image.open(io.BytesIO(data)).mode == "I"
     assert decode_full_rgb(data)[0, :, 0].tolist() == [0, 0, 255, 255]
+    # within 16 bits it is scaled as 16-bit grey is (Pillow's own convert would clip 256 to 255)
+    assert decode_full_rgb(grey("I", [0, 256, 65535], "TIFF"))[0, :, 0].tolist() == [0, 1, 255]
     assert decode_full_rgb(grey("I", [0, 128, 255], "TIFF"))[0, :, 0].tolist() == [0, 128, 255]
 
 

@@ -66,11 +66,16 @@ def decode_full_rgb(
     formats: tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """Decode at full size and orient to a (H, W, 3) uint8 RGB array, as Boost.GIL converts:
-    grey is replicated, and colour with alpha is multiplied by the alpha (over black)."""
+    grey is replicated, and colour with alpha is multiplied by the alpha (over black). A PNG's
+    tRNS chunk is alpha too: GIL's reader asks libpng for it (png_set_tRNS_to_alpha), so the
+    transparent colour of an 8-bit RGB or grey PNG becomes black (16-bit grey is scaled, its tRNS
+    not applied)."""
     with _decoding():
         image = _open(data, max_pixels, formats)
         image = _orient(image, image.getexif().get(0x0112, 1))
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        if image.mode in ("RGBA", "LA", "PA") or (
+            image.mode in ("P", "L", "RGB") and "transparency" in image.info
+        ):
             rgba = np.asarray(image.convert("RGBA"), dtype=np.uint32)
             # GIL's 8-bit channel_multiply: c * a / 255, rounded (its div255).
             product = rgba[..., :3] * rgba[..., 3:] + 128

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import StringValue
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service.edge.calls import (
@@ -29,17 +30,26 @@ from service.edge.calls import (
     EdgeInterceptor,
     current_call,
     error_reason,
+    error_status,
+    status_of,
 )
 from service.errors import ClassifierError, ErrorKind
 
 SERVICE = "dapr.proto.runtime.v1.AppCallback"
 TOKEN = "s3cret-token"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
 def answer(method: str, context: grpc.ServicerContext) -> StringValue:
     """What the handler saw: the call's facts (from the interceptor) and its context (passed through)."""
     call = current_call()
-    facts = {"method": call.method, "querystring": call.querystring, "remaining": call.time_remaining()}
+    facts = {
+        "method": call.method,
+        "querystring": call.querystring,
+        "remaining": call.time_remaining(),
+        "trace_id": call.trace.trace_id,
+    }
     return StringValue(value=json.dumps({**facts, "peer": context.peer().split(":")[0], "named": method}))
 
 
@@ -97,6 +107,17 @@ def serve(token: str | None) -> tuple[grpc.Server, int]:
     return server, port
 
 
+@contextmanager
+def served(token: str | None) -> Iterator[grpc.Channel]:
+    server, port = serve(token)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel
+    finally:
+        channel.close()
+        server.stop(None)
+
+
 @pytest.fixture(scope="module", params=[TOKEN, None], ids=["token", "no-token"])
 def app(request: pytest.FixtureRequest) -> Iterator[tuple[grpc.Channel, str | None]]:
     server, port = serve(request.param)
@@ -120,6 +141,8 @@ def call(
     """Call `method` with a request naming `name` (OnInvoke's method, OnTopicEvent's topic); what the
     handler saw."""
     metadata = [("dapr-api-token", token)] if token is not None else []
+    if "traceparent" in kwargs:
+        metadata.append(("traceparent", kwargs["traceparent"]))
     request_type = REQUESTS[method]
     if method == "OnInvoke":
         request = request_type(
@@ -137,9 +160,11 @@ def call(
     return json.loads(stub(request, metadata=metadata, timeout=kwargs.get("timeout", 10)).value)
 
 
-def failure(channel: grpc.Channel, method: str, name: str = "", token: str | None = TOKEN) -> grpc.RpcError:
+def failure(
+    channel: grpc.Channel, method: str, name: str = "", token: str | None = TOKEN, **kwargs: Any
+) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as error:
-        call(channel, method, name, token)
+        call(channel, method, name, token, **kwargs)
     return error.value
 
 
@@ -183,11 +208,12 @@ def test_the_right_token_passes_and_the_handler_gets_the_request_and_its_context
     app: tuple[grpc.Channel, str | None],
 ) -> None:
     channel, _ = app
-    seen = call(channel, "OnInvoke", "classify", query="model=birds&top_k=3")
+    seen = call(channel, "OnInvoke", "classify", query="model=birds&top_k=3", traceparent=TRACEPARENT)
     assert seen == {
         "method": "OnInvoke",
         "querystring": "model=birds&top_k=3",  # the HTTP caller's query string, from http_extension
         "remaining": pytest.approx(10, abs=1.5),
+        "trace_id": TRACE_ID,  # the caller's trace, from the call's metadata
         "peer": "ipv4",  # the call's own context reached the handler
         "named": "classify",  # the request, deserialized
     }
@@ -270,3 +296,76 @@ def test_the_handler_sees_the_callers_deadline_or_none(app: tuple[grpc.Channel, 
 
 def test_outside_a_call_there_is_no_call() -> None:
     assert current_call().method == "" and current_call().time_remaining() is None
+
+
+# -- the call's trace id in every error's ErrorInfo (what a caller quotes to find the request's logs) --
+
+
+def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
+    [detail] = status.details
+    info = error_details_pb2.ErrorInfo()
+    assert detail.Unpack(info)
+    return info
+
+
+def trace_of(error: grpc.RpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    return dict(error_info(status).metadata)
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("raise:not_found", grpc.StatusCode.NOT_FOUND),
+        ("raise:guest_failed", grpc.StatusCode.INTERNAL),
+        ("bug", grpc.StatusCode.INTERNAL),
+        ("unknown", grpc.StatusCode.UNIMPLEMENTED),
+    ],
+)
+def test_an_error_carries_the_callers_trace_id(
+    app: tuple[grpc.Channel, str | None], name: str, code: grpc.StatusCode
+) -> None:
+    channel, _ = app
+    error = failure(channel, "OnInvoke", name, traceparent=TRACEPARENT)
+    assert error.code() == code and trace_of(error) == {"trace_id": TRACE_ID}
+
+
+def test_a_refused_token_carries_the_callers_trace_id() -> None:
+    with served(TOKEN) as channel:
+        error = failure(channel, "OnInvoke", "ok", "wrong", traceparent=TRACEPARENT)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED and trace_of(error) == {"trace_id": TRACE_ID}
+
+
+def test_without_a_traceparent_an_error_carries_the_new_trace_of_the_call(
+    app: tuple[grpc.Channel, str | None],
+) -> None:
+    channel, _ = app
+    first = trace_of(failure(channel, "OnInvoke", "raise:not_found"))["trace_id"]
+    second = trace_of(failure(channel, "OnInvoke", "raise:not_found"))["trace_id"]
+    assert len(first) == 32 and int(first, 16) != 0 and first != second  # a new trace per call
+
+
+def test_an_error_status_made_outside_a_call_has_no_trace_id() -> None:
+    """The UI's own errors (service/ui/server.py) have no call trace: their ErrorInfo has no metadata."""
+
+    def details(status: grpc.Status) -> status_pb2.Status:
+        return status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+
+    plain = details(error_status(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "no such page: /x"))
+    assert (plain.code, plain.message) == (grpc.StatusCode.NOT_FOUND.value[0], "no such page: /x")
+    info = error_info(plain)
+    assert (info.reason, info.domain, dict(info.metadata)) == ("NOT_FOUND", ERROR_DOMAIN, {})
+    traced = details(error_status(grpc.StatusCode.INTERNAL, "INTERNAL", "x", trace_id=TRACE_ID))
+    assert dict(error_info(traced).metadata) == {"trace_id": TRACE_ID}
+    of_error = details(status_of(ClassifierError(ErrorKind.INVALID_ARGUMENT, "bad image")))
+    assert (of_error.code, of_error.message) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], "bad image")
+    assert (error_info(of_error).reason, dict(error_info(of_error).metadata)) == ("INVALID_ARGUMENT", {})
+
+
+def test_a_missing_token_matches_no_app_token() -> None:
+    """A call without dapr-api-token is refused whatever the app token is, even one that reads
+    like "no value"."""
+    with served("None") as channel:
+        assert failure(channel, "OnInvoke", "ok", token=None).code() == grpc.StatusCode.UNAUTHENTICATED
+        assert call(channel, "OnInvoke", "ok", token="None")["method"] == "OnInvoke"

@@ -15,6 +15,8 @@ RESULTS = """
     service.wasm.memory.xǁGuestMemoryǁwrite__mutmut_4: survived
     service.edge.calls.x_error_reason__mutmut_2: killed
     service.edge.calls.x__querystring__mutmut_1: timeout
+    service.edge.calls.x__querystring__mutmut_2: not checked
+    service.stores.local.xǁLocalStoreǁput__mutmut_1: not checked
 """
 
 
@@ -26,11 +28,14 @@ def test_module_of_a_mutant_name() -> None:
 def test_survivors_are_equivalent_only_when_listed_with_a_reason() -> None:
     counts, unexplained = summarize(RESULTS, {"service.wasm.memory.xǁGuestMemoryǁwrite__mutmut_3": "why"})
     assert dict(counts["service/wasm/memory.py"]) == {"killed": 1, "equivalent": 1, "survived": 1}
-    assert dict(counts["service/edge/calls.py"]) == {"killed": 1, "timeout": 1}
+    assert dict(counts["service/edge/calls.py"]) == {"killed": 1, "timeout": 1, "not checked": 1}
     assert unexplained == ["service.wasm.memory.xǁGuestMemoryǁwrite__mutmut_4"]
     lines = table(counts)
-    assert lines[1].split() == ["service/edge/calls.py", "2", "1", "0", "0", "1", "50.0%"]
-    assert lines[2].split() == ["service/wasm/memory.py", "3", "1", "1", "1", "0", "50.0%"]
+    assert lines[0].split()[-3:] == ["not", "run", "score"]
+    # not run: out of the score, as the equivalent ones
+    assert lines[1].split() == ["service/edge/calls.py", "3", "1", "0", "0", "1", "1", "50.0%"]
+    assert lines[2].split() == ["service/stores/local.py", "1", "0", "0", "0", "0", "1", "-"]
+    assert lines[3].split() == ["service/wasm/memory.py", "3", "1", "1", "1", "0", "0", "50.0%"]
 
 
 def test_every_listed_equivalent_has_a_reason() -> None:

@@ -69,16 +69,18 @@ def summarize(results: str, equivalent: dict[str, str]) -> tuple[dict[str, Count
 
 
 def table(counts: dict[str, Counter[str]]) -> list[str]:
-    """One line per module; the score leaves the equivalent mutants out."""
-    columns = ("mutants", "killed", "equiv.", "survived", "other", "score")
+    """One line per module; the score leaves out the equivalent mutants and those not run (mutmut
+    forgets every result when `[tool.mutmut]` changes, so a run of some mutants leaves the rest unrun)."""
+    columns = ("mutants", "killed", "equiv.", "survived", "other", "not run", "score")
     lines = [f"{'module':30}" + "".join(f" {c:>8}" for c in columns)]
     for module in sorted(counts):
         c = counts[module]
         total = sum(c.values())
-        other = total - c["killed"] - c["equivalent"] - c["survived"]
-        scored = total - c["equivalent"]
-        score = f"{c['killed'] / scored if scored else 1.0:.1%}"
-        cells = (total, c["killed"], c["equivalent"], c["survived"], other, score)
+        not_run = c["not checked"]
+        other = total - c["killed"] - c["equivalent"] - c["survived"] - not_run
+        scored = total - c["equivalent"] - not_run
+        score = f"{c['killed'] / scored:.1%}" if scored else "-"
+        cells = (total, c["killed"], c["equivalent"], c["survived"], other, not_run, score)
         lines.append(f"{module:30}" + "".join(f" {cell:>8}" for cell in cells))
     return lines
 

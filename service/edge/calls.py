@@ -194,9 +194,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):
             _current.reset(token)
 
     def _token_ok(self, metadata: dict[str, Any]) -> bool:
-        sent = metadata.get("dapr-api-token", "")
+        sent = metadata.get("dapr-api-token")  # None: no token, which matches no app token
         assert self.app_api_token is not None
-        return hmac.compare_digest(str(sent).encode(), self.app_api_token.encode())
+        return isinstance(sent, str) and hmac.compare_digest(sent.encode(), self.app_api_token.encode())
 
 
 def _querystring(request: Any) -> str:

@@ -63,7 +63,10 @@ def wait_for_sidecar(api_url: str, timeout_s: float) -> None:
         except urllib.error.URLError as exc:
             reason = str(getattr(exc.reason, "strerror", None) or exc.reason)
         except (TimeoutError, OSError) as exc:  # a read timeout: accepted, never answered
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc.strerror or exc)
+            if not isinstance(exc, TimeoutError):
+                reason = str(exc.strerror or exc)
+            elif probe_s >= 1.0 or not reason:  # a probe the deadline cut short says less than the last
+                reason = "timed out"
         now = time.monotonic()
         if now >= deadline:
             raise ClassifierError(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import HTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -26,6 +31,34 @@ from hardening import hardening, pytest_sessionfinish  # noqa: E402, F401  (reco
 
 if not MODELS.is_dir():
     pytest.exit(f"the shared test data is missing: {SHARED}", returncode=2)
+
+
+Server = TypeVar("Server", bound=HTTPServer)
+
+
+@contextlib.contextmanager
+def serving(server: Server) -> Iterator[Server]:
+    """A loopback HTTP server answering in a thread of its own until the block ends."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def read_terminal(terminal: int, into: list[bytes]) -> None:
+    """What a command writes to its pty, chunk by chunk, until its side is closed (a thread's target)."""
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the command's side is closed
+            return
+        if not chunk:
+            return
+        into.append(chunk)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES, MODELS
+from conftest import IMAGES, MODELS, serving
 from daprd import FakeDaprd
 
 from service.cli import EXIT_TRAP, _parser, main
@@ -587,13 +587,8 @@ class _StandIn(ThreadingHTTPServer):
 
 @pytest.fixture
 def not_a_sidecar() -> Iterator[_StandIn]:
-    server = _StandIn(("127.0.0.1", 0), _NotASidecar)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(_StandIn(("127.0.0.1", 0), _NotASidecar)) as server:
+        yield server
 
 
 def through(server: _StandIn, *argv: str | Path, **env: str) -> subprocess.CompletedProcess[str]:

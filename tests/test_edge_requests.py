@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
+from conftest import serving
 
 from service.edge.classifier_pb2 import ClassifyRequest as ClassifyRequestProto
 from service.edge.requests import ImageFetcher, decode_body
@@ -118,13 +118,8 @@ class Images(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def images_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def test_an_image_url_under_an_allowed_prefix_is_fetched_up_to_its_limit(images_url: str) -> None:

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES, MODELS, ROOT, put_shared_model
+from conftest import IMAGES, MODELS, ROOT, put_shared_model, read_terminal, serving
 from real_dapr import free_port, wait_for
 
 from service.stores.local import LocalStore
@@ -313,13 +313,8 @@ class _Healthy(BaseHTTPRequestHandler):
 @pytest.fixture
 def gone_sidecar() -> Iterator[dict[str, str]]:
     """A sidecar whose health check passes but whose gRPC API is gone (nothing listens there)."""
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Healthy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield {"DAPR_HTTP_PORT": str(server.server_address[1]), "DAPR_GRPC_PORT": str(free_port())}
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(ThreadingHTTPServer(("127.0.0.1", free_port()), _Healthy)) as server:
+        yield {"DAPR_HTTP_PORT": str(server.server_address[1]), "DAPR_GRPC_PORT": str(free_port())}
 
 
 SIDECAR_COMMANDS = [
@@ -386,20 +381,10 @@ def interrupt_when_waiting(argv: list[str], env: dict[str, str], cwd: Path, prog
     os.close(command_side)
     seen: list[bytes] = []
 
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(terminal, 4096)
-            except OSError:  # EIO: the command's side is closed
-                return
-            if not chunk:
-                return
-            seen.append(chunk)
-
     def text() -> str:
         return b"".join(seen).decode(errors="replace").replace("\r\n", "\n")
 
-    reader = threading.Thread(target=read, daemon=True)
+    reader = threading.Thread(target=read_terminal, args=(terminal, seen), daemon=True)
     reader.start()
     try:
         wait_for(lambda: progress in text() or process.poll() is not None, 60, progress)

@@ -58,11 +58,13 @@ def command_env(daprd: Daprd) -> dict[str, str]:
     return {**env, **{k: v for k, v in daprd.env().items() if k.startswith("DAPR_")}}
 
 
-def classifier(daprd: Daprd, *argv: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def classifier(
+    daprd: Daprd, *argv: str | Path, timeout: float = 120, cwd: Path = ROOT, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLASSIFIER, *map(str, argv)],
-        env=command_env(daprd),
-        cwd=ROOT,
+        env={**command_env(daprd), **env},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -379,14 +381,7 @@ def test_results_skips_what_is_not_a_result_and_prints_single_results_as_json(ba
 
 def test_results_from_a_pubsub_the_sidecar_has_not_is_one_line(bare) -> None:
     _, daprd = bare
-    done = subprocess.run(
-        [*CLASSIFIER, "results"],
-        env={**command_env(daprd), "CLASSIFIER_PUBSUB": "nosuch"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = classifier(daprd, "results", CLASSIFIER_PUBSUB="nosuch")
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == (
         "classifier: cannot subscribe to nosuch/classifications: "
@@ -401,13 +396,8 @@ def test_publish_to_a_pubsub_the_sidecar_has_not_says_daprds_reason(bare, tmp_pa
     folder = tmp_path / "frames"
     folder.mkdir()
     (folder / "00.jpg").write_bytes((IMAGES / "classify" / "bird.jpg").read_bytes())
-    done = subprocess.run(
-        [*CLASSIFIER, "publish", "--frames", str(folder), "--fps", "0", "--stream-id", "s"],
-        env={**command_env(daprd), "CLASSIFIER_PUBSUB": "nosuch"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = classifier(
+        daprd, "publish", "--frames", folder, "--fps", "0", "--stream-id", "s", CLASSIFIER_PUBSUB="nosuch"
     )
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
@@ -441,14 +431,7 @@ def test_the_page_over_a_sidecar_that_refuses_its_subscription_is_one_line(bare,
     """`classifier ui` in a sidecar's shell follows the results topic for its stream view: a pub/sub
     the sidecar has not is one line and exit 1, before the page is served."""
     _, daprd = bare
-    done = subprocess.run(
-        [*CLASSIFIER, "ui", "--port", "0"],
-        env={**command_env(daprd), "CLASSIFIER_PUBSUB": "nosuch"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = classifier(daprd, "ui", "--port", "0", cwd=tmp_path, CLASSIFIER_PUBSUB="nosuch")
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == (
         "classifier: cannot subscribe to nosuch/classifications: "

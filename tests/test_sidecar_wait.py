@@ -3,11 +3,11 @@ server answering /v1.0/healthz/outbound as daprd does before and once it is read
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import serving
 
 from service.errors import ClassifierError, ErrorKind
 from service.sidecar_wait import wait_for_sidecar
@@ -34,13 +34,8 @@ class _Health(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def sidecar() -> Iterator[_Sidecar]:
-    server = _Sidecar(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(_Sidecar(("127.0.0.1", 0), _Health)) as server:
+        yield server
 
 
 def api_url(server: _Sidecar) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import IMAGES, ROOT
+from conftest import IMAGES, ROOT, read_terminal
 from daprd import FakeDaprd
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -455,7 +455,7 @@ def test_failed_publishes_are_said_once_each_and_on_a_terminal_as_they_go(tmp_pa
         (folder / f"{index:02d}.jpg").write_bytes((IMAGES / "classify" / "bird.jpg").read_bytes())
     terminal, command_side = pty.openpty()
     seen: list[bytes] = []
-    reader = threading.Thread(target=_read_terminal, args=(terminal, seen), daemon=True)
+    reader = threading.Thread(target=read_terminal, args=(terminal, seen), daemon=True)
     reader.start()
     try:
         with FakeDaprd(pubsubs={"pubsub"}) as daprd:
@@ -488,14 +488,3 @@ def test_failed_publishes_are_said_once_each_and_on_a_terminal_as_they_go(tmp_pa
         f"classifier: not published: frame {n}: dapr_pubsub_not_found: pubsub nosuch is not found"
         for n in range(5)
     ] + [""]
-
-
-def _read_terminal(terminal: int, into: list[bytes]) -> None:
-    while True:
-        try:
-            chunk = os.read(terminal, 4096)
-        except OSError:  # EIO: the command's side is closed
-            return
-        if not chunk:
-            return
-        into.append(chunk)

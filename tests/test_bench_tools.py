@@ -33,6 +33,7 @@ def test_bench_ab_compares_two_settings_on_every_workload() -> None:
         "2",
     )
     assert out.count("B / A: p50 ") == 2, out
+    assert out.count("; CPU ms/request c=1 ") == 6, out  # A, B and B / A of each workload
     assert "aiy_birds_v1 + bird.jpg" in out and "mobilenet_v2_1.0_224_quant + grace_hopper.jpg" in out
     assert "A {'CLASSIFIER_SOLO_INTERPRETER_THREADS': '1'}" in out
 

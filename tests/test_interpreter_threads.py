@@ -4,6 +4,7 @@ get one-thread interpreters of their own. Same answers either way, nothing carri
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -60,9 +61,28 @@ def test_a_second_open_context_gets_a_per_thread_interpreter() -> None:
     first.release()
     first.release()  # twice is safe and gives nothing back twice
     assert graph.solo_free()
-    third = graph.new_context()
-    assert third.shared
-    third.release()
+
+
+def test_after_an_overlap_the_shared_interpreter_waits_for_a_quiet_spell() -> None:
+    """Under load contexts overlap every few requests; lending the shared interpreter in the
+    gaps between would wake its threads to compete for busy cores. A context alone right after
+    an overlap gets a one-thread interpreter; once none overlapped for the quiet spell, the
+    shared one again (a spell longer than the default: this machine may stall for 0.1 s)."""
+    graph = LiteRtGraph(BIRDS, num_threads=1, solo_threads=2, solo_quiet_s=0.3)
+    alone = graph.new_context()
+    assert alone.shared  # no overlap yet
+    overlapping = graph.new_context()
+    assert not overlapping.shared
+    alone.release()
+    overlapping.release()
+    right_after = graph.new_context()
+    assert not right_after.shared and graph.solo_free()
+    right_after.release()
+    time.sleep(0.35)
+    later = graph.new_context()
+    assert later.shared
+    later.release()
+    assert graph.solo_free()
 
 
 def test_the_shared_interpreter_holds_no_data_from_the_last_request() -> None:

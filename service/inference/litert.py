@@ -6,18 +6,22 @@ it back, wiped, at the end: no tensor data survives from one request to the next
 
 A request alone on the graph uses every core: each graph also owns one shared interpreter
 with `solo_threads` threads, lent to a context opened while no other context of the graph
-is open (and the shared one is free); every other context gets a per-thread interpreter of
-`num_threads`. Idle, a request gets the cores; under load, one thread per request and worker.
+is open and none has been for `SOLO_QUIET_S` (and the shared one is free); every other context
+gets a per-thread interpreter of `num_threads`. Idle, a request gets the cores; under load, one
+thread per request and worker (contexts overlap every few requests, and between two overlaps
+the shared one's thread pool would only wake threads to compete for busy cores).
 LiteRT (`ai-edge-litert`) is used, with the legacy tflite-runtime as a fallback.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,6 +38,10 @@ __all__ = ["LITERT", "Interpreter", "LiteRtContext", "LiteRtGraph", "new_interpr
 
 # Idle interpreters a thread keeps per graph; more are built on demand and dropped after.
 MAX_IDLE_PER_THREAD = 2
+# After two contexts of a graph were open at once, how long before its shared interpreter is lent
+# again. Under load contexts overlap every few tens of ms, and lent in the gaps it cost 2-6 % more
+# CPU a request; a longer spell (1 s) slowed the first lone requests after a burst (docs/performance.md).
+SOLO_QUIET_S = 0.1
 
 
 # LiteRT's native code writes this to stderr (fd 2, past Python) the first time a process builds an
@@ -86,13 +94,17 @@ class LiteRtGraph:
 
     encoding = Encoding.TENSORFLOWLITE
 
-    def __init__(self, model: bytes, num_threads: int = 1, solo_threads: int = 1) -> None:
+    def __init__(
+        self, model: bytes, num_threads: int = 1, solo_threads: int = 1, solo_quiet_s: float = SOLO_QUIET_S
+    ) -> None:
         self.model = model
         self.digest = hashlib.sha256(model).hexdigest()
         self.num_threads = num_threads
         self._local = threading.local()
-        self._lock = threading.Lock()  # guards the two below
+        self._lock = threading.Lock()  # guards the three below
         self._open_contexts = 0
+        self._overlapped_at = -math.inf  # when two contexts were last open at once (monotonic)
+        self._solo_quiet_s = solo_quiet_s
         self._solo: Interpreter | None = None  # the shared interpreter, while it is not lent
         try:
             first = new_interpreter(model, num_threads)
@@ -110,11 +122,15 @@ class LiteRtGraph:
             self._solo = new_interpreter(model, self.solo_threads)
 
     def new_context(self) -> LiteRtContext:
-        """Borrow the shared interpreter if no other context is open, else a ready one from
-        this thread's pool (or build one)."""
+        """Borrow the shared interpreter if no other context is open or has been lately, else a
+        ready one from this thread's pool (or build one)."""
         with self._lock:
             self._open_contexts += 1
-            solo, self._solo = (self._solo, None) if self._open_contexts == 1 else (None, self._solo)
+            now = time.monotonic()
+            if self._open_contexts > 1:
+                self._overlapped_at = now
+            alone = self._open_contexts == 1 and now - self._overlapped_at >= self._solo_quiet_s
+            solo, self._solo = (self._solo, None) if alone else (None, self._solo)
         if solo is not None:
             return LiteRtContext(self, solo, shared=True)
         try:

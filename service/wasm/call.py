@@ -67,6 +67,10 @@ class GuestCall:
     deadline_hit: bool = False
     host_seconds: dict[str, float] = field(default_factory=dict)  # time in host work, by kind
     guest_memory: wasmtime.Memory | None = None  # the instance's `memory` export, set once instantiated
+    # The run's captured stdout and stderr by fd (bytes -> count kept, or -1 once full), written
+    # by the host's fd_write (wasi_output.py); empty when the guest inherits the process's stdio.
+    output_sinks: Mapping[int, Callable[[bytes], int]] = field(default_factory=dict)
+    wasi_fd_write: wasmtime.Func | None = None  # wasmtime's own fd_write in this run's Store
     _abi_contexts: dict[type, AbiContext] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

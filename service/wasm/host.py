@@ -5,7 +5,8 @@ every host ABI, and each guest's InstancePre. Compiled guests are cached on disk
 serialized modules keyed by the wasm's sha256 and the engine's settings, and loaded with
 `Module.deserialize_file` (an mmap, ~0.1 ms, against ~0.5 s to compile). Per run: a new
 Store with memory limits and an epoch deadline, WASI with only the args, environment and
-read-only directories the host passes, and stdout/stderr captured in memory. Nothing
+read-only directories the host passes, and stdout/stderr captured in memory (by the
+host's own fd_write, wasi_output.py). Nothing
 survives from one run to the next.
 """
 
@@ -26,9 +27,9 @@ import wasmtime
 
 from ..errors import ClassifierError, ErrorKind
 from ..files import write_atomically
-from . import image, legacy_image, tensorflow, tensorflowlite, wasi_nn, wasi_poll
+from . import image, legacy_image, tensorflow, tensorflowlite, wasi_nn, wasi_output, wasi_poll
 from .call import GuestCall, running
-from .wasmtime_capi import capture_output, forget_output, set_stdin_bytes
+from .wasmtime_capi import set_stdin_bytes
 
 WASM_MAGIC = b"\0asm"
 NOT_WASM = "not a valid wasm module: it does not start with \\0asm (give a .wasm file built for wasm32-wasi)"
@@ -90,8 +91,9 @@ class _CappedOutput:
 
 
 # Every host ABI a guest may import, defined on the shared Linker after WASI (wasi_poll
-# replaces WASI's poll_oneoff: sleeps bounded by the deadline).
-HOST_MODULES = (wasi_poll, wasi_nn, image, legacy_image, tensorflowlite, tensorflow)
+# replaces WASI's poll_oneoff: sleeps bounded by the deadline; wasi_output its fd_write:
+# captured output written by the host).
+HOST_MODULES = (wasi_poll, wasi_output, wasi_nn, image, legacy_image, tensorflowlite, tensorflow)
 
 
 class _EpochTicker:
@@ -231,15 +233,15 @@ class WasmHost:
             wasi.preopen_dir(str(preopen.host_path), preopen.guest_path, preopen.writable)
         stdout = _CappedOutput(call.limits.output_bytes)
         stderr = _CappedOutput(call.limits.output_bytes)
-        sink_keys: list[int] = []
         if inherit_stdio:
             wasi.inherit_stdin()
             wasi.inherit_stdout()
             wasi.inherit_stderr()
             call.stderr = _write_process_stderr
+            call.output_sinks = {}
         else:
             set_stdin_bytes(wasi, stdin)
-            sink_keys = [capture_output(wasi, "stdout", stdout), capture_output(wasi, "stderr", stderr)]
+            call.output_sinks = {1: stdout, 2: stderr}  # wasi_output.fd_write writes them
             call.stderr = stderr
 
         exit_code: int | None = None
@@ -247,6 +249,7 @@ class WasmHost:
         trap_reason: str | None = None
         deadline_exceeded = False
         call.guest_memory = None  # of this run's Store only: another Store's Memory would abort wasmtime
+        call.wasi_fd_write = None
         with running(call):
             try:
                 store.set_wasi(wasi)
@@ -270,9 +273,6 @@ class WasmHost:
             except wasmtime.WasmtimeError as exc:  # e.g. instantiation over the memory limit
                 trap = _first_line(exc)
                 trap_reason = "instantiation"
-            finally:
-                for key in sink_keys:
-                    forget_output(key)
         return GuestResult(
             exit_code=exit_code,
             stdout=stdout.value(),

@@ -118,3 +118,17 @@ def define_errno_functions(
     for function in functions:
         func_type = wasmtime.FuncType([I32] * function.arity, [I32])  # type: ignore[attr-defined]
         linker.define_func(module, function.__name__, func_type, function, access_caller=True)
+
+
+def replace_wasi_function(
+    linker: wasmtime.Linker, name: str, params: int, function: Callable[..., int]
+) -> None:
+    """Define `function` (caller, then `params` i32s -> an i32 errno) in place of WASI preview1's
+    `name` on a Linker that already holds WASI (`define_wasi`)."""
+    i32 = wasmtime.ValType.i32()
+    linker.allow_shadowing = True
+    try:
+        signature = wasmtime.FuncType([i32] * params, [i32])
+        linker.define_func("wasi_snapshot_preview1", name, signature, function, access_caller=True)
+    finally:
+        linker.allow_shadowing = False

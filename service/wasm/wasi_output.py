@@ -18,6 +18,7 @@ from __future__ import annotations
 import wasmtime
 
 from . import call as guest_call
+from .abi import replace_wasi_function
 from .memory import GuestMemory, GuestMemoryError, MissingMemory
 
 MODULE = "wasi_snapshot_preview1"
@@ -88,10 +89,4 @@ def define(linker: wasmtime.Linker) -> None:
             call.note(f"fd_write: {exc}")
             return ERRNO_FAULT
 
-    i32 = wasmtime.ValType.i32()
-    linker.allow_shadowing = True
-    try:
-        signature = wasmtime.FuncType([i32] * 4, [i32])
-        linker.define_func(MODULE, "fd_write", signature, fd_write, access_caller=True)
-    finally:
-        linker.allow_shadowing = False
+    replace_wasi_function(linker, "fd_write", 4, fd_write)

@@ -22,6 +22,7 @@ import time
 import wasmtime
 
 from . import call as guest_call
+from .abi import replace_wasi_function
 from .memory import GuestMemory, GuestMemoryError, MissingMemory
 from .wasmtime_capi import interrupt_on_return
 
@@ -113,11 +114,4 @@ def poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, 
 
 def define(linker: wasmtime.Linker) -> None:
     """Replace WASI's poll_oneoff (call after `define_wasi`)."""
-    i32 = wasmtime.ValType.i32()
-    linker.allow_shadowing = True
-    try:
-        linker.define_func(
-            MODULE, "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]), poll_oneoff, access_caller=True
-        )
-    finally:
-        linker.allow_shadowing = False
+    replace_wasi_function(linker, "poll_oneoff", 4, poll_oneoff)

@@ -6,9 +6,9 @@
 For each workload of `python -m bench`: p50 at c=1, and requests/s and the service process's CPU
 per request (user + system of all its threads, from /proc: steadier than requests/s on a noisy
 machine) at c=1, 2 and 4 of A and of B, round by round alternating which goes first, and B's
-figures as ratios to A's. What a lever
-changes in a setting (a variable of `classifier serve`) is measured here against the same
-machine load; what it changes in code is measured with `python -m bench` before and after.
+figures as ratios to A's. What a lever changes in a setting (a variable of `classifier serve`) is
+measured here against the same machine load; what it changes in code is measured with
+`python -m bench` before and after.
 """
 
 from __future__ import annotations
@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = ", ".join(f"c={c} {statistics.median(cpu_ms[f'{name} c={c}']):.2f}" for c in LEVELS)
                 print(f"  {name} {sides[name]}: p50 {p50:.2f} ms; req/s {levels}; CPU ms/request {cpu}")
             ratio_p50 = statistics.median(latencies["B"]) / statistics.median(latencies["A"])
-            ratios = ", ".join(
-                f"c={c} {statistics.median(rates[f'B c={c}']) / statistics.median(rates[f'A c={c}']):.3f}"
-                for c in LEVELS
-            )
+            ratios = ", ".join(f"c={c} {ratio(rates[f'B c={c}'], rates[f'A c={c}'])}" for c in LEVELS)
             cpu_ratios = ", ".join(f"c={c} {ratio(cpu_ms[f'B c={c}'], cpu_ms[f'A c={c}'])}" for c in LEVELS)
             print(f"  B / A: p50 {ratio_p50:.3f}; req/s {ratios}; CPU ms/request {cpu_ratios}")
     finally:

@@ -120,15 +120,25 @@ def define_errno_functions(
         linker.define_func(module, function.__name__, func_type, function, access_caller=True)
 
 
+# The WASI preview1 functions the host replaces (wasi_poll, wasi_output), and the errnos they return.
+WASI_MODULE = "wasi_snapshot_preview1"
+
+
+class WasiErrno(IntEnum):
+    SUCCESS = 0
+    FAULT = 21
+    INVAL = 28
+    NOSPC = 51
+
+
 def replace_wasi_function(
     linker: wasmtime.Linker, name: str, params: int, function: Callable[..., int]
 ) -> None:
     """Define `function` (caller, then `params` i32s -> an i32 errno) in place of WASI preview1's
     `name` on a Linker that already holds WASI (`define_wasi`)."""
-    i32 = wasmtime.ValType.i32()
     linker.allow_shadowing = True
     try:
-        signature = wasmtime.FuncType([i32] * params, [i32])
-        linker.define_func("wasi_snapshot_preview1", name, signature, function, access_caller=True)
+        signature = wasmtime.FuncType([I32] * params, [I32])
+        linker.define_func(WASI_MODULE, name, signature, function, access_caller=True)
     finally:
         linker.allow_shadowing = False

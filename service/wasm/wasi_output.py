@@ -18,16 +18,10 @@ from __future__ import annotations
 import wasmtime
 
 from . import call as guest_call
-from .abi import replace_wasi_function
+from .abi import WASI_MODULE, WasiErrno, replace_wasi_function
 from .memory import GuestMemory, GuestMemoryError, MissingMemory
 
-MODULE = "wasi_snapshot_preview1"
 MAX_IOVECS = 1024  # IOV_MAX
-
-ERRNO_SUCCESS = 0
-ERRNO_FAULT = 21
-ERRNO_INVAL = 28
-ERRNO_NOSPC = 51  # the run's output cap is reached
 
 
 # wasmtime's fd_write reads the iovecs from its caller's `memory` export, and a host function
@@ -54,7 +48,7 @@ def define(linker: wasmtime.Linker) -> None:
         if call.wasi_fd_write is None:
             if call.guest_memory is None:
                 raise MissingMemory("guest exports no memory")
-            found = wasi_alone.get(caller, MODULE, "fd_write")
+            found = wasi_alone.get(caller, WASI_MODULE, "fd_write")
             instance = wasmtime.Instance(caller, forwarder, [found, call.guest_memory])
             export = instance.exports(caller)["fd_write"]
             assert isinstance(export, wasmtime.Func)
@@ -74,19 +68,19 @@ def define(linker: wasmtime.Linker) -> None:
             memory = GuestMemory(caller, call.guest_memory)
             if iovs_len > MAX_IOVECS:
                 call.note(f"fd_write: {iovs_len} iovecs")
-                return ERRNO_INVAL
+                return WasiErrno.INVAL
             fields = memory.read_u32s(iovs_ptr, 2 * iovs_len)
             data = b"".join(memory.read_bytes(fields[i], fields[i + 1]) for i in range(0, len(fields), 2))
             memory.view(nwritten_ptr, 4)
             written = sink(data)
             if written < 0:
-                return ERRNO_NOSPC
+                return WasiErrno.NOSPC  # the run's output cap is reached
             memory.write_u32(nwritten_ptr, written)
-            return ERRNO_SUCCESS
+            return WasiErrno.SUCCESS
         except MissingMemory:
             raise  # a trap, as in wasmtime
         except GuestMemoryError as exc:
             call.note(f"fd_write: {exc}")
-            return ERRNO_FAULT
+            return WasiErrno.FAULT
 
     replace_wasi_function(linker, "fd_write", 4, fd_write)

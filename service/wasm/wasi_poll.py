@@ -22,18 +22,14 @@ import time
 import wasmtime
 
 from . import call as guest_call
-from .abi import replace_wasi_function
+from .abi import WasiErrno, replace_wasi_function
 from .memory import GuestMemory, GuestMemoryError, MissingMemory
 from .wasmtime_capi import interrupt_on_return
 
-MODULE = "wasi_snapshot_preview1"
 SUBSCRIPTION_SIZE = 48
 EVENT_SIZE = 32
 MAX_SUBSCRIPTIONS = 4096
 
-ERRNO_SUCCESS = 0
-ERRNO_FAULT = 21
-ERRNO_INVAL = 28
 
 TAG_CLOCK, TAG_FD_READ, TAG_FD_WRITE = 0, 1, 2
 CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
@@ -98,18 +94,18 @@ def poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, 
 
         events = bytearray(EVENT_SIZE * len(fired))
         for i, (userdata, tag) in enumerate(fired):
-            struct.pack_into("<QHB", events, i * EVENT_SIZE, userdata, ERRNO_SUCCESS, tag)
+            struct.pack_into("<QHB", events, i * EVENT_SIZE, userdata, WasiErrno.SUCCESS, tag)
         memory.write(out_ptr, bytes(events))
         memory.write_u32(nevents_ptr, len(fired))
-        return ERRNO_SUCCESS
+        return WasiErrno.SUCCESS
     except MissingMemory:
         raise  # a trap, as in wasmtime
     except GuestMemoryError as exc:
         call.note(f"poll_oneoff: {exc}")
-        return ERRNO_FAULT
+        return WasiErrno.FAULT
     except _Invalid as exc:
         call.note(f"poll_oneoff: {exc}")
-        return ERRNO_INVAL
+        return WasiErrno.INVAL
 
 
 def define(linker: wasmtime.Linker) -> None:

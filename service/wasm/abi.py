@@ -18,6 +18,7 @@ from ..imaging import ImageError
 from ..inference.model import InferenceError, InferenceErrorKind
 from . import call as guest_call
 from .memory import GuestMemory, GuestMemoryError, MissingMemory
+from .wasmtime_capi import define_func
 
 T = TypeVar("T")
 
@@ -117,7 +118,7 @@ def define_errno_functions(
     """Define each `errno_function` under its name: i32 parameters, an i32 errno."""
     for function in functions:
         func_type = wasmtime.FuncType([I32] * function.arity, [I32])  # type: ignore[attr-defined]
-        linker.define_func(module, function.__name__, func_type, function, access_caller=True)
+        define_func(linker, module, function.__name__, func_type, function, access_caller=True)
 
 
 # The WASI preview1 functions the host replaces (wasi_poll, wasi_output), and the errnos they return.
@@ -139,6 +140,6 @@ def replace_wasi_function(
     linker.allow_shadowing = True
     try:
         signature = wasmtime.FuncType([I32] * params, [I32])
-        linker.define_func(WASI_MODULE, name, signature, function, access_caller=True)
+        define_func(linker, WASI_MODULE, name, signature, function, access_caller=True)
     finally:
         linker.allow_shadowing = False

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import wasmtime
 
 from . import call as guest_call
+from .wasmtime_capi import define_func
 
 MODULE = "wasmedge_tensorflow"
 LEGACY_PREFIX = "wasmedge_tensorflow_"
@@ -96,8 +97,8 @@ def define(linker: wasmtime.Linker) -> None:
         full_name = LEGACY_PREFIX + name
         func_type = wasmtime.FuncType(params, [result_type] if result_type is not None else [])
         outcome = "does nothing" if result is None else f"returns {result}"
-        linker.define_func(MODULE, full_name, func_type, _unsupported(full_name, result, outcome))
+        define_func(linker, MODULE, full_name, func_type, _unsupported(full_name, result, outcome))
     for name, (arity, errno) in _PLUGIN.items():
         func_type = wasmtime.FuncType([_I32] * arity, [_I32])
         function = _unsupported(f"{MODULE} {name}", errno, f"returns errno {errno}")
-        linker.define_func(MODULE, name, func_type, function)
+        define_func(linker, MODULE, name, func_type, function)

@@ -61,6 +61,7 @@ from .memory import GuestMemory, GuestMemoryError
 
 # The plugin's errnos are wasi-nn's first six (success .. runtime_error), same numbers and names.
 from .wasi_nn import Errno
+from .wasmtime_capi import define_func
 
 MODULE = "wasmedge_tensorflowlite"
 LEGACY_PREFIX = "wasmedge_tensorflowlite_"
@@ -463,5 +464,5 @@ PLUGIN_FUNCTIONS = (
 
 def define(linker: wasmtime.Linker) -> None:
     for name, (function, params, results) in LEGACY_FUNCTIONS.items():
-        linker.define_func(MODULE, name, wasmtime.FuncType(params, results), function, access_caller=True)
+        define_func(linker, MODULE, name, wasmtime.FuncType(params, results), function, access_caller=True)
     define_errno_functions(linker, MODULE, PLUGIN_FUNCTIONS)

@@ -1,17 +1,22 @@
 """Every use of wasmtime-py's private API (its ctypes bindings of wasmtime's C API), in one place.
 
-wasmtime-py wraps most of the C API; two things this host needs it does not: stdin served from
-memory, and an epoch deadline set from inside a host call. `check()` verifies that the private
-names still exist with the shapes used here; tests/test_host.py calls it, so an upgrade that
-changes them fails loudly there.
+wasmtime-py wraps most of the C API; three things this host needs it does not: stdin served from
+memory, an epoch deadline set from inside a host call, and host functions defined through the
+C API's unchecked callback. `check()` verifies that the private names still exist with the
+shapes used here; tests/test_host.py calls it, so an upgrade that changes them fails loudly there.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import wasmtime
-from wasmtime import _bindings, _ffi
+from wasmtime import _bindings, _ffi, _func
 
 
 def set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
@@ -29,6 +34,98 @@ def interrupt_on_return(caller: wasmtime.Caller) -> None:
     _bindings.wasmtime_context_set_epoch_deadline(caller._context(), 0)
 
 
+# -- host functions through the unchecked callback ---------------------------------------------
+#
+# wasmtime-py's own trampoline turns every argument and result into a `Val` and compares
+# `ValType`s to pick the conversion: ~7 C calls and ~10 us a host call. The unchecked callback
+# hands over the raw values (wasmtime_val_raw_t, one slot each, the results written over the
+# arguments); the types are fixed when the function is defined, so the conversion is a field
+# read per argument. A Python exception becomes a trap exactly as in wasmtime-py: the exception
+# is parked where wasmtime-py's call wrapper re-raises it once the guest's call returns.
+
+_RAW_FIELDS = {"i32": "i32", "i64": "i64"}  # the value kinds the host ABIs use
+
+
+def _raw_field(valtype: wasmtime.ValType) -> str:
+    field = _RAW_FIELDS.get(str(valtype))
+    if field is None:
+        raise ValueError(f"host functions here take and return i32 and i64 only, not {valtype}")
+    return field
+
+
+@dataclass(frozen=True, slots=True)
+class _HostFunc:
+    function: Callable[..., Any]
+    params: tuple[str, ...]  # the wasmtime_val_raw_t field of each argument
+    result: str | None
+    access_caller: bool
+
+
+_host_funcs: dict[int, _HostFunc] = {}  # by the `env` wasmtime passes back; dropped by _finalize
+_host_func_ids = itertools.count(1)
+_host_funcs_lock = threading.Lock()
+
+
+@_bindings.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator]
+def _unchecked_trampoline(env: int, caller_ptr: Any, values: Any, _count: int) -> int:
+    caller = wasmtime.Caller(caller_ptr)
+    try:
+        host = _host_funcs[env]
+        args = [getattr(values[i], field) for i, field in enumerate(host.params)]
+        result = host.function(caller, *args) if host.access_caller else host.function(*args)
+        if host.result is not None:
+            setattr(values[0], host.result, result)
+        elif result is not None:
+            raise wasmtime.WasmtimeError("callback produced results when it shouldn't")
+        return 0
+    except BaseException as exc:
+        _func.LAST_EXCEPTION = exc  # type: ignore[assignment]  # re-raised by wasmtime-py when the guest's call returns
+        trap = wasmtime.Trap("python exception")._consume()
+        return ctypes.cast(trap, ctypes.c_void_p).value or 0
+    finally:
+        caller._invalidate()
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # type: ignore[untyped-decorator]
+def _finalize(env: int) -> None:
+    with _host_funcs_lock:
+        _host_funcs.pop(env or 0, None)
+
+
+def define_func(
+    linker: wasmtime.Linker,
+    module: str,
+    name: str,
+    func_type: wasmtime.FuncType,
+    function: Callable[..., Any],
+    *,
+    access_caller: bool = False,
+) -> None:
+    """Linker.define_func through the unchecked callback: `function(caller, *args)` (or
+    `function(*args)`), i32 and i64 values as Python ints, at most one result."""
+    params = tuple(_raw_field(t) for t in func_type.params)
+    results = [_raw_field(t) for t in func_type.results]
+    if len(results) > 1:
+        raise ValueError(f"{module} {name}: at most one result")
+    with _host_funcs_lock:
+        env = next(_host_func_ids)
+        _host_funcs[env] = _HostFunc(function, params, results[0] if results else None, access_caller)
+    module_bytes, name_bytes = module.encode(), name.encode()
+    error = _bindings.wasmtime_linker_define_func_unchecked(
+        linker.ptr(),
+        ctypes.create_string_buffer(module_bytes),
+        len(module_bytes),
+        ctypes.create_string_buffer(name_bytes),
+        len(name_bytes),
+        func_type.ptr(),
+        _unchecked_trampoline,
+        env,
+        _finalize,
+    )
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
 def check() -> None:
     """Raise AssertionError if the private names used here changed shape."""
     assert callable(_bindings.wasi_config_set_stdin_bytes), "wasi_config_set_stdin_bytes is gone"
@@ -36,3 +133,7 @@ def check() -> None:
     assert callable(set_deadline), "wasmtime_context_set_epoch_deadline is gone"
     assert hasattr(_ffi, "wasm_byte_vec_t") and callable(_ffi.wasm_byte_vec_new), "wasm_byte_vec changed"
     assert callable(getattr(wasmtime.Caller, "_context", None)), "Caller._context is gone"
+    assert callable(getattr(wasmtime.Caller, "_invalidate", None)), "Caller._invalidate is gone"
+    assert callable(_bindings.wasmtime_linker_define_func_unchecked), "define_func_unchecked is gone"
+    assert hasattr(_func, "LAST_EXCEPTION"), "wasmtime-py's parked exception is gone"
+    assert callable(getattr(wasmtime.Trap, "_consume", None)), "Trap._consume is gone"

@@ -43,14 +43,14 @@ def interrupt_on_return(caller: wasmtime.Caller) -> None:
 # read per argument. A Python exception becomes a trap exactly as in wasmtime-py: the exception
 # is parked where wasmtime-py's call wrapper re-raises it once the guest's call returns.
 
-_RAW_FIELDS = {"i32": "i32", "i64": "i64"}  # the value kinds the host ABIs use
+_RAW_KINDS = frozenset({"i32", "i64"})  # the value kinds the host ABIs use: wasmtime_val_raw_t fields
 
 
 def _raw_field(valtype: wasmtime.ValType) -> str:
-    field = _RAW_FIELDS.get(str(valtype))
-    if field is None:
+    kind = str(valtype)
+    if kind not in _RAW_KINDS:
         raise ValueError(f"host functions here take and return i32 and i64 only, not {valtype}")
-    return field
+    return kind
 
 
 @dataclass(frozen=True, slots=True)

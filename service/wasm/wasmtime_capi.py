@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,9 +60,10 @@ class _HostFunc:
     access_caller: bool
 
 
-_host_funcs: dict[int, _HostFunc] = {}  # by the `env` wasmtime passes back; dropped by _finalize
+# By the `env` wasmtime passes back; dropped by _finalize. Taking an id and a dict insert or pop
+# are each atomic under the GIL, which every ctypes callback holds: no lock.
+_host_funcs: dict[int, _HostFunc] = {}
 _host_func_ids = itertools.count(1)
-_host_funcs_lock = threading.Lock()
 
 
 @_bindings.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator]
@@ -88,8 +88,7 @@ def _unchecked_trampoline(env: int, caller_ptr: Any, values: Any, _count: int) -
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # type: ignore[untyped-decorator]
 def _finalize(env: int) -> None:
-    with _host_funcs_lock:
-        _host_funcs.pop(env or 0, None)
+    _host_funcs.pop(env or 0, None)
 
 
 def define_func(
@@ -107,9 +106,8 @@ def define_func(
     results = [_raw_field(t) for t in func_type.results]
     if len(results) > 1:
         raise ValueError(f"{module} {name}: at most one result")
-    with _host_funcs_lock:
-        env = next(_host_func_ids)
-        _host_funcs[env] = _HostFunc(function, params, results[0] if results else None, access_caller)
+    env = next(_host_func_ids)
+    _host_funcs[env] = _HostFunc(function, params, results[0] if results else None, access_caller)
     module_bytes, name_bytes = module.encode(), name.encode()
     error = _bindings.wasmtime_linker_define_func_unchecked(
         linker.ptr(),

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import wasmtime
 
+from service.wasm.call import GuestCall
+from service.wasm.host import engine_config
 from service.wasm.memory import GuestMemory, GuestMemoryError, MissingMemory
 
 PAGE = 65_536
@@ -25,7 +27,8 @@ MODULE = """
   (import "host" "check" (func $check (param i32 i32) (result i32)))
   (memory (export "memory") 1)
   (func (export "check") (param i32 i32) (result i32) (call $check (local.get 0) (local.get 1)))
-  (func (export "store") (param i32) (i32.store8 (local.get 0) (i32.const 0xAB))))
+  (func (export "store") (param i32) (i32.store8 (local.get 0) (i32.const 0xAB)))
+  (func (export "grow") (drop (memory.grow (i32.const 1)))))
 """
 NO_MEMORY = """
 (module
@@ -42,10 +45,11 @@ def call_host(
     """Run `action(memory, ptr, length)` inside a host call: 0 if it succeeded, 1 on GuestMemoryError."""
     engine = wasmtime.Engine()
     store = wasmtime.Store(engine)
+    call = GuestCall()
 
     def check(caller: wasmtime.Caller, ptr: int, length: int) -> int:
         try:
-            action(GuestMemory(caller), ptr & 0xFFFFFFFF, length & 0xFFFFFFFF)
+            action(call.memory(caller), ptr & 0xFFFFFFFF, length & 0xFFFFFFFF)
         except GuestMemoryError:
             return 1
         return 0
@@ -164,3 +168,32 @@ def test_arrays_are_written_as_their_bytes_in_order() -> None:
 
     call_host(write, PAGE - tensor.nbytes, 0)
     assert written == [tensor.tobytes()]
+
+
+def test_memory_the_guest_grew_since_an_earlier_host_call_is_reachable() -> None:
+    """A run maps its memory once: a later host call still reaches the pages grown since, and
+    the first call's view still holds the guest's bytes (the memory stayed in place)."""
+    engine = wasmtime.Engine(engine_config())
+    store = wasmtime.Store(engine)
+    store.set_epoch_deadline(1)  # the host's settings include epoch interruption
+    call = GuestCall()
+    views: list[np.ndarray] = []
+
+    def check(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+        try:
+            views.append(call.memory(caller).view(ptr, length))
+        except GuestMemoryError:
+            return 1
+        return 0
+
+    check_type = wasmtime.FuncType([wasmtime.ValType.i32(), wasmtime.ValType.i32()], [wasmtime.ValType.i32()])
+    host = wasmtime.Func(store, check_type, check, access_caller=True)
+    exports = wasmtime.Instance(store, wasmtime.Module(engine, MODULE), [host]).exports(store)
+    assert exports["check"](store, 0, PAGE) == 0
+    assert exports["check"](store, PAGE, 1) == 1
+    exports["grow"](store)
+    exports["store"](store, 7)
+    exports["store"](store, 2 * PAGE - 1)
+    assert exports["check"](store, PAGE, PAGE) == 0
+    assert exports["check"](store, 2 * PAGE, 1) == 1
+    assert views[0][7] == 0xAB and views[1][PAGE - 1] == 0xAB

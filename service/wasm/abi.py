@@ -17,7 +17,7 @@ import wasmtime
 from ..imaging import ImageError
 from ..inference.model import InferenceError, InferenceErrorKind
 from . import call as guest_call
-from .memory import GuestMemory, GuestMemoryError, MissingMemory
+from .memory import GuestMemoryError, MissingMemory
 from .wasmtime_capi import define_func
 
 T = TypeVar("T")
@@ -82,9 +82,8 @@ def errno_function(
         def host_function(caller: wasmtime.Caller, *args: int) -> int:
             call = guest_call.current()
             try:
-                memory = GuestMemory(caller, call.guest_memory)
-                # wasmtime passes i32 as signed; every value in these ABIs is a u32.
-                function(memory, call, *(arg & 0xFFFFFFFF for arg in args))
+                memory = call.memory(caller)
+                function(memory, call, *args)  # every value in these ABIs is a u32
                 return errnos.success
             except AbiFailure as exc:
                 errno, message = exc.errno, str(exc)
@@ -118,7 +117,7 @@ def define_errno_functions(
     """Define each `errno_function` under its name: i32 parameters, an i32 errno."""
     for function in functions:
         func_type = wasmtime.FuncType([I32] * function.arity, [I32])  # type: ignore[attr-defined]
-        define_func(linker, module, function.__name__, func_type, function, access_caller=True)
+        define_func(linker, module, function.__name__, func_type, function, access_caller=True, unsigned=True)
 
 
 # The WASI preview1 functions the host replaces (wasi_poll, wasi_output), and the errnos they return.
@@ -135,11 +134,11 @@ class WasiErrno(IntEnum):
 def replace_wasi_function(
     linker: wasmtime.Linker, name: str, params: int, function: Callable[..., int]
 ) -> None:
-    """Define `function` (caller, then `params` i32s -> an i32 errno) in place of WASI preview1's
+    """Define `function` (caller, then `params` u32s -> an i32 errno) in place of WASI preview1's
     `name` on a Linker that already holds WASI (`define_wasi`)."""
     linker.allow_shadowing = True
     try:
         signature = wasmtime.FuncType([I32] * params, [I32])
-        define_func(linker, WASI_MODULE, name, signature, function, access_caller=True)
+        define_func(linker, WASI_MODULE, name, signature, function, access_caller=True, unsigned=True)
     finally:
         linker.allow_shadowing = False

@@ -21,6 +21,7 @@ import wasmtime
 from ..imaging import DEFAULT_MAX_PIXELS
 from ..inference.backend import Graph
 from ..inference.cache import GraphCache
+from .memory import GuestMemory, MissingMemory
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class GuestCall:
     output_sinks: Mapping[int, Callable[[bytes], int]] = field(default_factory=dict)
     wasi_fd_write: wasmtime.Func | None = None  # wasmtime's own fd_write in this run's Store
     _abi_contexts: dict[type, AbiContext] = field(default_factory=dict)
+    _memory: GuestMemory | None = None  # guest_memory mapped, on the run's first host call that needs it
 
     def __post_init__(self) -> None:
         if not self.deadline:
@@ -98,6 +100,18 @@ class GuestCall:
             return True
         return False
 
+    def memory(self, caller: wasmtime.Caller) -> GuestMemory:
+        """The guest's memory, for the host call `caller` is in (MissingMemory if it exports none)."""
+        memory = self._memory
+        if memory is not None:
+            memory.store = caller
+            return memory
+        export = self.guest_memory if self.guest_memory is not None else caller.get("memory")
+        if not isinstance(export, wasmtime.Memory):
+            raise MissingMemory("guest exports no memory")
+        self._memory = GuestMemory(export, caller)
+        return self._memory
+
     def context(self, kind: type[C]) -> C:
         """This run's context of one host ABI, made on first use."""
         existing = self._abi_contexts.get(kind)
@@ -113,7 +127,9 @@ class GuestCall:
         self.host_seconds[kind] = self.host_seconds.get(kind, 0.0) + seconds
 
     def close(self) -> None:
-        """Return every borrowed interpreter to its pool."""
+        """Return every borrowed interpreter to its pool, and drop the view of the guest's memory
+        (its Store is about to go)."""
+        self._memory = None
         for context in self._abi_contexts.values():
             context.close()
 

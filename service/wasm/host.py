@@ -122,14 +122,22 @@ class _EpochTicker:
         self._stop.set()
 
 
+def engine_config() -> wasmtime.Config:
+    """The Engine's settings: deadlines by epoch, code optimised for speed, and memories that stay
+    where they are when they grow (32-bit memories fit the default reservation), so a run maps
+    its guest's memory once for all its host calls (memory.py)."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.cranelift_opt_level = "speed"
+    config.memory_may_move = False
+    return config
+
+
 class WasmHost:
     """Owns the Engine, the Linker with every host ABI, and the compiled guests."""
 
     def __init__(self, cache_dir: Path | None = None) -> None:
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        config.cranelift_opt_level = "speed"
-        self.engine = wasmtime.Engine(config)
+        self.engine = wasmtime.Engine(engine_config())
         # Compiled code is only valid for this wasmtime build and these settings.
         self.fingerprint = hashlib.sha256(
             f"wasmtime-py {version('wasmtime')}; epoch; opt=speed".encode()

@@ -1,7 +1,7 @@
 """Bounds-checked, zero-copy access to a guest's linear memory from a host function.
 
 wasmtime-py's Memory.read silently clamps out-of-range reads, so every (ptr, len) a
-guest passes is checked here against the memory's current size first.
+guest passes is checked here against the memory's size first.
 """
 
 from __future__ import annotations
@@ -21,21 +21,33 @@ class MissingMemory(wasmtime.Trap):
 
 
 class GuestMemory:
-    """A view of the calling guest's memory, valid only during one host call
-    (memory.grow may move it)."""
+    """A run's linear memory, mapped once for every host call of the run (GuestCall.memory).
 
-    def __init__(self, caller: wasmtime.Caller, memory: wasmtime.Memory | None = None) -> None:
-        """`memory`: the run's export, found once per run (GuestCall.guest_memory), since
-        looking it up through the caller costs more than the rest of a small host call."""
-        export = memory if memory is not None else caller.get("memory")
-        if not isinstance(export, wasmtime.Memory):
-            raise MissingMemory("guest exports no memory")
-        self.bytes = np.frombuffer(export.get_buffer_ptr(caller), dtype=np.uint8)  # type: ignore[call-overload]
+    The Engine keeps memories in place (`memory_may_move` off, host.py) and wasm memory only
+    grows, so a view of the size it had once stays valid for the Store's life: a host call pays
+    no C call to find it. A range past that size re-reads the size first (the guest may have
+    grown its memory since), through the store context of the host call in progress.
+    """
+
+    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Caller | wasmtime.Store) -> None:
+        self._memory = memory
+        self.store = store  # GuestCall.memory sets the caller of each host call
+        self._map()
+
+    def _map(self) -> None:
+        self.bytes = np.frombuffer(self._memory.get_buffer_ptr(self.store), dtype=np.uint8)  # type: ignore[call-overload]
         self.size = self.bytes.size
+
+    def _grown(self) -> bool:
+        if self._memory.data_len(self.store) == self.size:
+            return False
+        self._map()
+        return True
 
     def view(self, ptr: int, length: int) -> np.ndarray:
         """A writable uint8 view of [ptr, ptr+length), or GuestMemoryError."""
-        if ptr < 0 or length < 0 or ptr + length > self.size:
+        end = ptr + length
+        if ptr < 0 or length < 0 or (end > self.size and not (self._grown() and end <= self.size)):
             raise GuestMemoryError(f"range {ptr:#x}+{length} is outside guest memory ({self.size})")
         return self.bytes[ptr : ptr + length]
 

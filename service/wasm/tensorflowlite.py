@@ -76,10 +76,6 @@ ERRNOS = Errnos(
 )
 
 
-def _u32(value: int) -> int:
-    return value & 0xFFFFFFFF  # wasmtime passes i32 as signed
-
-
 def _shared_counter() -> Iterator[int]:
     return itertools.count(1)
 
@@ -212,9 +208,9 @@ def _in_memory(memory: GuestMemory, ptr: int, length: int, what: str) -> np.ndar
 def create_session(
     caller: wasmtime.Caller, call: guest_call.GuestCall, model_ptr: int, model_len: int
 ) -> int:
-    memory = GuestMemory(caller, call.guest_memory)
+    memory = call.memory(caller)
     try:
-        context = _new_session(call, memory.view(_u32(model_ptr), _u32(model_len)))
+        context = _new_session(call, memory.view(model_ptr, model_len))
     except (GuestMemoryError, AbiFailure) as exc:
         call.note(f"{LEGACY_PREFIX}create_session: {exc} (returns 0)")
         return 0
@@ -232,9 +228,9 @@ def append_input(
     data_len: int,
 ) -> None:
     context = _legacy_session(call, session)
-    memory = GuestMemory(caller, call.guest_memory)
-    name = _in_memory(memory, _u32(name_ptr), _u32(name_len), "input name").tobytes()
-    data = _in_memory(memory, _u32(data_ptr), _u32(data_len), "input data")
+    memory = call.memory(caller)
+    name = _in_memory(memory, name_ptr, name_len, "input name").tobytes()
+    data = _in_memory(memory, data_ptr, data_len, "input data")
     index = _input_index(context, name)
     if index is None:
         call.note(f"{LEGACY_PREFIX}append_input: no input tensor named {_show(name)!r} (ignored)")
@@ -268,8 +264,8 @@ def get_output_tensor(
     caller: wasmtime.Caller, call: guest_call.GuestCall, session: int, name_ptr: int, name_len: int
 ) -> int:
     context = _legacy_session(call, session)
-    memory = GuestMemory(caller, call.guest_memory)
-    name = _in_memory(memory, _u32(name_ptr), _u32(name_len), "output name").tobytes()
+    memory = call.memory(caller)
+    name = _in_memory(memory, name_ptr, name_len, "output name").tobytes()
     index = _output_index(context, name)
     if index is None:
         call.note(f"{LEGACY_PREFIX}get_output_tensor: no output tensor named {_show(name)!r} (returns 0)")
@@ -295,8 +291,8 @@ def get_tensor_data(caller: wasmtime.Caller, call: guest_call.GuestCall, tensor:
         return None
     context, index = _legacy_tensor(call, tensor)
     data = context.output(index).reshape(-1).view(np.uint8)
-    memory = GuestMemory(caller, call.guest_memory)
-    out = _in_memory(memory, _u32(buf_ptr), data.size, f"tensor data ({data.size} bytes)")
+    memory = call.memory(caller)
+    out = _in_memory(memory, buf_ptr, data.size, f"tensor data ({data.size} bytes)")
     out[:] = data
     return None
 
@@ -464,5 +460,6 @@ PLUGIN_FUNCTIONS = (
 
 def define(linker: wasmtime.Linker) -> None:
     for name, (function, params, results) in LEGACY_FUNCTIONS.items():
-        define_func(linker, MODULE, name, wasmtime.FuncType(params, results), function, access_caller=True)
+        func_type = wasmtime.FuncType(params, results)
+        define_func(linker, MODULE, name, func_type, function, access_caller=True, unsigned=True)
     define_errno_functions(linker, MODULE, PLUGIN_FUNCTIONS)

@@ -19,7 +19,7 @@ import wasmtime
 
 from . import call as guest_call
 from .abi import WASI_MODULE, WasiErrno, replace_wasi_function
-from .memory import GuestMemory, GuestMemoryError, MissingMemory
+from .memory import GuestMemoryError, MissingMemory
 
 MAX_IOVECS = 1024  # IOV_MAX
 
@@ -62,10 +62,8 @@ def define(linker: wasmtime.Linker) -> None:
             result = wasi_fd_write(caller, call)(caller, fd, iovs_ptr, iovs_len, nwritten_ptr)
             assert isinstance(result, int)
             return result
-        # wasmtime passes i32 as signed; these are u32.
-        iovs_ptr, iovs_len, nwritten_ptr = (a & 0xFFFFFFFF for a in (iovs_ptr, iovs_len, nwritten_ptr))
         try:
-            memory = GuestMemory(caller, call.guest_memory)
+            memory = call.memory(caller)
             if iovs_len > MAX_IOVECS:
                 call.note(f"fd_write: {iovs_len} iovecs")
                 return WasiErrno.INVAL

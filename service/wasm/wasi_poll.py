@@ -23,7 +23,7 @@ import wasmtime
 
 from . import call as guest_call
 from .abi import WasiErrno, replace_wasi_function
-from .memory import GuestMemory, GuestMemoryError, MissingMemory
+from .memory import GuestMemoryError, MissingMemory
 from .wasmtime_capi import interrupt_on_return
 
 SUBSCRIPTION_SIZE = 48
@@ -55,10 +55,8 @@ def _wait_s(call: guest_call.GuestCall, clock_id: int, timeout_ns: int, flags: i
 
 def poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
     call = guest_call.current()
-    # wasmtime passes i32 as signed; every value here is a u32.
-    in_ptr, out_ptr, count, nevents_ptr = (a & 0xFFFFFFFF for a in (in_ptr, out_ptr, count, nevents_ptr))
     try:
-        memory = GuestMemory(caller, call.guest_memory)
+        memory = call.memory(caller)
         if count == 0 or count > MAX_SUBSCRIPTIONS:
             raise _Invalid(f"{count} subscriptions")
         subscriptions = memory.read_bytes(in_ptr, count * SUBSCRIPTION_SIZE)

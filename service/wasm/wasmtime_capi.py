@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,17 +38,22 @@ def interrupt_on_return(caller: wasmtime.Caller) -> None:
 #
 # wasmtime-py's own trampoline turns every argument and result into a `Val` and compares
 # `ValType`s to pick the conversion: ~7 C calls and ~10 us a host call. The unchecked callback
-# hands over the raw values (wasmtime_val_raw_t, one slot each, the results written over the
-# arguments); the types are fixed when the function is defined, so the conversion is a field
-# read per argument. A Python exception becomes a trap exactly as in wasmtime-py: the exception
-# is parked where wasmtime-py's call wrapper re-raises it once the guest's call returns.
+# hands over the raw values (wasmtime_val_raw_t: one 16-byte slot each, the results written over
+# the arguments); the types are fixed when the function is defined, so one precompiled `struct`
+# reads every argument and writes the result. A Python exception becomes a trap exactly as in
+# wasmtime-py: the exception is parked where wasmtime-py's call wrapper re-raises it once the
+# guest's call returns.
 
-_RAW_KINDS = frozenset({"i32", "i64"})  # the value kinds the host ABIs use: wasmtime_val_raw_t fields
+_SLOT = 16  # sizeof(wasmtime_val_raw_t)
+# The struct code of each value kind in its slot (little-endian, the value at the slot's start).
+_SIGNED = {"i32": "i12x", "i64": "q8x"}
+_UNSIGNED = {"i32": "I12x", "i64": "q8x"}  # pointers and lengths: i32 read as u32
+_RESULT = {"i32": ("<I", 0xFFFFFFFF), "i64": ("<Q", 0xFFFFFFFFFFFFFFFF)}  # written wrapped, as wasm does
 
 
-def _raw_field(valtype: wasmtime.ValType) -> str:
+def _raw_kind(valtype: wasmtime.ValType) -> str:
     kind = str(valtype)
-    if kind not in _RAW_KINDS:
+    if kind not in _RESULT:
         raise ValueError(f"host functions here take and return i32 and i64 only, not {valtype}")
     return kind
 
@@ -55,8 +61,10 @@ def _raw_field(valtype: wasmtime.ValType) -> str:
 @dataclass(frozen=True, slots=True)
 class _HostFunc:
     function: Callable[..., Any]
-    params: tuple[str, ...]  # the wasmtime_val_raw_t field of each argument
-    result: str | None
+    frame: Any  # ctypes.c_char * (16 * slots): the values as one buffer
+    params: struct.Struct | None  # reads every argument; None without any
+    result: struct.Struct | None
+    result_mask: int
     access_caller: bool
 
 
@@ -65,16 +73,26 @@ class _HostFunc:
 _host_funcs: dict[int, _HostFunc] = {}
 _host_func_ids = itertools.count(1)
 
+# wasmtime_func_unchecked_callback_t with the values as an address, so one struct reads them all.
+_callback_t = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+    ctypes.POINTER(_bindings.wasmtime_caller_t),
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+)
 
-@_bindings.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator]
-def _unchecked_trampoline(env: int, caller_ptr: Any, values: Any, _count: int) -> int:
+
+@_callback_t  # type: ignore[untyped-decorator]
+def _unchecked_trampoline(env: int, caller_ptr: Any, values: int, _count: int) -> int:
     caller = wasmtime.Caller(caller_ptr)
     try:
         host = _host_funcs[env]
-        args = [getattr(values[i], field) for i, field in enumerate(host.params)]
+        frame: Any = host.frame.from_address(values) if values else None
+        args = host.params.unpack_from(frame) if host.params is not None else ()
         result = host.function(caller, *args) if host.access_caller else host.function(*args)
         if host.result is not None:
-            setattr(values[0], host.result, result)
+            host.result.pack_into(frame, 0, result & host.result_mask)
         elif result is not None:
             raise wasmtime.WasmtimeError("callback produced results when it shouldn't")
         return 0
@@ -84,6 +102,9 @@ def _unchecked_trampoline(env: int, caller_ptr: Any, values: Any, _count: int) -
         return ctypes.cast(trap, ctypes.c_void_p).value or 0
     finally:
         caller._invalidate()
+
+
+_trampoline_as_bound = ctypes.cast(_unchecked_trampoline, _bindings.wasmtime_func_unchecked_callback_t)
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # type: ignore[untyped-decorator]
@@ -99,15 +120,26 @@ def define_func(
     function: Callable[..., Any],
     *,
     access_caller: bool = False,
+    unsigned: bool = False,
 ) -> None:
     """Linker.define_func through the unchecked callback: `function(caller, *args)` (or
-    `function(*args)`), i32 and i64 values as Python ints, at most one result."""
-    params = tuple(_raw_field(t) for t in func_type.params)
-    results = [_raw_field(t) for t in func_type.results]
+    `function(*args)`), i32 and i64 values as Python ints (i32 arguments as u32 if `unsigned`),
+    at most one result (wrapped to its type's width)."""
+    params = [_raw_kind(t) for t in func_type.params]
+    results = [_raw_kind(t) for t in func_type.results]
     if len(results) > 1:
         raise ValueError(f"{module} {name}: at most one result")
+    codes = _UNSIGNED if unsigned else _SIGNED
+    result_code, result_mask = _RESULT[results[0]] if results else ("", 0)
     env = next(_host_func_ids)
-    _host_funcs[env] = _HostFunc(function, params, results[0] if results else None, access_caller)
+    _host_funcs[env] = _HostFunc(
+        function=function,
+        frame=ctypes.c_char * (_SLOT * max(len(params), len(results), 1)),
+        params=struct.Struct("<" + "".join(codes[kind] for kind in params)) if params else None,
+        result=struct.Struct(result_code) if results else None,
+        result_mask=result_mask,
+        access_caller=access_caller,
+    )
     module_bytes, name_bytes = module.encode(), name.encode()
     error = _bindings.wasmtime_linker_define_func_unchecked(
         linker.ptr(),
@@ -116,7 +148,7 @@ def define_func(
         ctypes.create_string_buffer(name_bytes),
         len(name_bytes),
         func_type.ptr(),
-        _unchecked_trampoline,
+        _trampoline_as_bound,
         env,
         _finalize,
     )
@@ -133,5 +165,7 @@ def check() -> None:
     assert callable(getattr(wasmtime.Caller, "_context", None)), "Caller._context is gone"
     assert callable(getattr(wasmtime.Caller, "_invalidate", None)), "Caller._invalidate is gone"
     assert callable(_bindings.wasmtime_linker_define_func_unchecked), "define_func_unchecked is gone"
+    assert ctypes.sizeof(_bindings.wasmtime_val_raw_t) == _SLOT, "wasmtime_val_raw_t changed size"
+    assert hasattr(_bindings, "wasmtime_caller_t"), "wasmtime_caller_t is gone"
     assert hasattr(_func, "LAST_EXCEPTION"), "wasmtime-py's parked exception is gone"
     assert callable(getattr(wasmtime.Trap, "_consume", None)), "Trap._consume is gone"

@@ -29,7 +29,7 @@ from ..errors import ClassifierError, ErrorKind
 from ..files import write_atomically
 from . import image, legacy_image, tensorflow, tensorflowlite, wasi_nn, wasi_output, wasi_poll
 from .call import GuestCall, running
-from .wasmtime_capi import set_stdin_bytes
+from .wasmtime_capi import instance_export, set_argv, set_stdin_bytes
 
 WASM_MAGIC = b"\0asm"
 NOT_WASM = "not a valid wasm module: it does not start with \\0asm (give a .wasm file built for wasm32-wasi)"
@@ -235,8 +235,10 @@ class WasmHost:
             self._latest_deadline = max(self._latest_deadline, call.deadline)
 
         wasi = wasmtime.WasiConfig()
-        wasi.argv = [guest.name, *args]
-        wasi.env = list(env)
+        set_argv(wasi, (guest.name, *args))
+        environment = list(env)
+        if environment:  # WASI's default environment is empty
+            wasi.env = environment
         for preopen in preopens:
             wasi.preopen_dir(str(preopen.host_path), preopen.guest_path, preopen.writable)
         stdout = _CappedOutput(call.limits.output_bytes)
@@ -262,10 +264,9 @@ class WasmHost:
             try:
                 store.set_wasi(wasi)
                 instance = guest.pre.instantiate(store)
-                exports = instance.exports(store)
-                memory = exports.get("memory")
+                memory = instance_export(store, instance, "memory")
                 call.guest_memory = memory if isinstance(memory, wasmtime.Memory) else None
-                start = exports.get("_start")
+                start = instance_export(store, instance, "_start")
                 if not isinstance(start, wasmtime.Func):
                     raise ClassifierError(
                         ErrorKind.INVALID_ARGUMENT, f"guest {guest.name!r} is not a WASI command (no _start)"

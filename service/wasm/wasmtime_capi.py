@@ -1,14 +1,16 @@
 """Every use of wasmtime-py's private API (its ctypes bindings of wasmtime's C API), in one place.
 
-wasmtime-py wraps most of the C API; three things this host needs it does not: stdin served from
-memory, an epoch deadline set from inside a host call, and host functions defined through the
-C API's unchecked callback. `check()` verifies that the private names still exist with the
-shapes used here; tests/test_host.py calls it, so an upgrade that changes them fails loudly there.
+wasmtime-py wraps most of the C API; five things this host needs it does not: stdin served from
+memory, argv set from a cached C array, one export found by name, an epoch deadline set from
+inside a host call, and host functions defined through the C API's unchecked callback. `check()`
+verifies that the private names still exist with the shapes used here; tests/test_host.py calls
+it, so an upgrade that changes them fails loudly there.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import struct
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
-from wasmtime import _bindings, _ffi, _func
+from wasmtime import _bindings, _extern, _ffi, _func
 
 
 def set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
@@ -26,6 +28,31 @@ def set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
     buffer = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(_ffi.wasm_byte_t))
     _ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buffer)
     _bindings.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))  # takes ownership
+
+
+def set_argv(wasi: wasmtime.WasiConfig, argv: tuple[str, ...]) -> None:
+    """WasiConfig.argv from a C array made once per distinct command line: wasmtime-py encodes
+    every argument into a fresh array each time, ~20 of them a request for the built-in guest,
+    whose command line repeats per model and top-k. wasmtime copies the strings."""
+    if not _bindings.wasi_config_set_argv(wasi.ptr(), len(argv), _argv_array(argv)):
+        raise wasmtime.WasmtimeError("failed to configure argv")
+
+
+@functools.lru_cache(maxsize=256)
+def _argv_array(argv: tuple[str, ...]) -> Any:
+    array = (ctypes.c_char_p * len(argv))(*(arg.encode() for arg in argv))  # keeps the bytes alive
+    return ctypes.cast(array, ctypes.POINTER(ctypes.POINTER(ctypes.c_char)))  # keeps the array alive
+
+
+def instance_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any:
+    """One export by name, or None. wasmtime-py's `Instance.exports` wraps every export of the
+    instance first; a run needs two of them."""
+    item = _ffi.wasmtime_extern_t()
+    encoded = name.encode()
+    found = _bindings.wasmtime_instance_export_get(
+        store._context(), ctypes.byref(instance._instance), encoded, len(encoded), ctypes.byref(item)
+    )
+    return _extern.wrap_extern(item) if found else None
 
 
 def interrupt_on_return(caller: wasmtime.Caller) -> None:
@@ -159,6 +186,9 @@ def define_func(
 def check() -> None:
     """Raise AssertionError if the private names used here changed shape."""
     assert callable(_bindings.wasi_config_set_stdin_bytes), "wasi_config_set_stdin_bytes is gone"
+    assert callable(_bindings.wasi_config_set_argv), "wasi_config_set_argv is gone"
+    assert callable(_bindings.wasmtime_instance_export_get), "wasmtime_instance_export_get is gone"
+    assert callable(getattr(_extern, "wrap_extern", None)), "wrap_extern is gone"
     set_deadline = _bindings.wasmtime_context_set_epoch_deadline
     assert callable(set_deadline), "wasmtime_context_set_epoch_deadline is gone"
     assert hasattr(_ffi, "wasm_byte_vec_t") and callable(_ffi.wasm_byte_vec_new), "wasm_byte_vec changed"

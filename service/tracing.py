@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -60,6 +60,17 @@ def parse_traceparent(value: str) -> tuple[str, str, str] | None:
     return trace_id, parent_id, flags
 
 
+def _random_bits(bits: int) -> int:
+    """A new trace or span id, never all zeros (invalid in W3C trace context). Not from the OS's
+    CSPRNG, as OpenTelemetry's own id generator: ids need to be unique, not secret, and a
+    getrandom system call per id costs more than the rest of the trace context."""
+    return random.getrandbits(bits) or 1
+
+
+def _random_id(bits: int) -> str:
+    return f"{_random_bits(bits):0{bits // 4}x}"
+
+
 def continue_trace(*carriers: Mapping[str, Any]) -> TraceContext:
     """The request's trace: from the first carrier with a valid traceparent (and its
     tracestate), else a new trace; either way a new span id for the request."""
@@ -68,8 +79,8 @@ def continue_trace(*carriers: Mapping[str, Any]) -> TraceContext:
         if parsed is not None:
             trace_id, parent_id, flags = parsed
             tracestate = str(carrier.get("tracestate") or "")
-            return TraceContext(trace_id, secrets.token_hex(8), parent_id, flags, tracestate)
-    return TraceContext(secrets.token_hex(16), secrets.token_hex(8))
+            return TraceContext(trace_id, _random_id(64), parent_id, flags, tracestate)
+    return TraceContext(_random_id(128), _random_id(64))
 
 
 def event_trace(delivery: TraceContext, extensions: Mapping[str, Any]) -> TraceContext:
@@ -164,14 +175,14 @@ class SpanExporter:
             seconds = timings[stage]
             if stage == "guest":  # the wasm run, with the host work it asked for
                 seconds += timings.get("decode", 0.0) + timings.get("inference", 0.0)
-            span_context = context(int(secrets.token_hex(8), 16))
+            span_context = context(_random_bits(64))
             if stage == "guest":
                 guest_context, guest_start = span_context, mark
             spans.append(self._stage(stage, span_context, request_context, mark, seconds))
             mark += int(seconds * 1e9)
         for stage in ("decode", "inference"):
             if stage in timings:
-                span_context = context(int(secrets.token_hex(8), 16))
+                span_context = context(_random_bits(64))
                 spans.append(self._stage(stage, span_context, guest_context, guest_start, timings[stage]))
                 guest_start += int(timings[stage] * 1e9)
         for span in spans:

@@ -23,7 +23,15 @@ from pathlib import Path
 import pytest
 from conftest import IMAGES, MODELS, ROOT, SHARED
 from PIL import Image
-from ui_page import UiProcess, chromium, contrast_pairs, focused_id, free_port, open_page
+from ui_page import (
+    UiProcess,
+    chromium,
+    contrast_pairs,
+    focused_id,
+    free_port,
+    open_chooser_by_keyboard,
+    open_page,
+)
 
 from service.stores.local import LocalStore
 
@@ -208,10 +216,9 @@ def test_usable_by_keyboard_alone(ui: str, browser) -> None:
         page.keyboard.type("2")
         page.keyboard.press("Tab")
         assert focused_id(page) == "images"
-        with page.expect_file_chooser() as chooser:
-            page.keyboard.press("Space")  # opens the file chooser, as Enter does
-        assert chooser.value.is_multiple()
-        chooser.value.set_files(BIRD)
+        chooser = open_chooser_by_keyboard(page, "images")
+        assert chooser.is_multiple()
+        chooser.set_files(BIRD)
         opened.wait_answered(1)
         shown = opened.shown(BIRD.name)
         assert shown["error"] is None and len(shown["labels"]) <= 2

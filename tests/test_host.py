@@ -21,6 +21,15 @@ def test_every_run_starts_from_a_fresh_instance(host, test_guests):
     assert outputs == [b"count 1\n"] * 3
 
 
+def test_no_byte_of_a_runs_memory_reaches_the_next(host, test_guests):
+    """The probe fills 10 MiB of its memory (heap and grown pages) with a marker; the next run,
+    grown as far, finds none. `again` shows the scan finds the marker where it is."""
+    first = lines(run_guest(host, test_guests["probe"], "residue", "again").stdout)
+    assert first[0] == "residue 0" and int(first[1].split()[1]) > 2_000_000
+    for _ in range(3):
+        assert lines(run_guest(host, test_guests["probe"], "residue").stdout) == ["residue 0"]
+
+
 def test_args_reach_the_guest_after_its_name(host, test_guests):
     result = run_guest(host, test_guests["probe"], "args", "a b", "--x=1")
     assert lines(result.stdout) == ["arg probe.wasm", "arg args", "arg a b", "arg --x=1"]

@@ -4,7 +4,7 @@
  * output) and prints what it saw.
  *
  *   probe counter | args A... | env | stdin | read PATH | write PATH | ls DIR
- *         loop | grow | flood | trap | exit N | stderr TEXT
+ *         loop | grow | flood | trap | exit N | stderr TEXT | residue [again]
  */
 #include <dirent.h>
 #include <errno.h>
@@ -70,6 +70,39 @@ static int mode_ls(const char *path) {
     return 0;
 }
 
+/* Memory left by an earlier run: grow to RESIDUE_PAGES pages, count the words holding the
+ * marker anywhere past the first 1 KiB, then fill everything past the heap's start with it.
+ * A fresh instance counts 0. `again` counts a second time after the fill: the count the
+ * scan gives when the marker is there. */
+#define RESIDUE_PAGES 160 /* 10 MiB: past any part of a memory an allocator keeps resident */
+#define RESIDUE_MARKER 0x5EC2E7A5u
+extern unsigned char __heap_base;
+
+static unsigned long residue_count(void) {
+    volatile unsigned int *word = (volatile unsigned int *)1024;
+    volatile unsigned int *end = (volatile unsigned int *)(__builtin_wasm_memory_size(0) * 65536);
+    unsigned long found = 0;
+    for (; word < end; word++)
+        found += *word == RESIDUE_MARKER;
+    return found;
+}
+
+static int mode_residue(int again) {
+    unsigned long pages = __builtin_wasm_memory_size(0);
+    if (pages < RESIDUE_PAGES && __builtin_wasm_memory_grow(0, RESIDUE_PAGES - pages) < 0) {
+        printf("grow-failed\n");
+        return 1;
+    }
+    printf("residue %lu\n", residue_count());
+    unsigned int *word = (unsigned int *)(((unsigned long)&__heap_base + 3) & ~3ul);
+    unsigned int *end = (unsigned int *)(RESIDUE_PAGES * 65536ul);
+    for (; word < end; word++)
+        *word = RESIDUE_MARKER;
+    if (again)
+        printf("residue %lu\n", residue_count());
+    return 0;
+}
+
 static int mode_grow(void) {
     unsigned long mib = 0;
     char *block;
@@ -103,6 +136,7 @@ int main(int argc, char **argv) {
         for (;;) spin++;
     }
     if (!strcmp(mode, "grow")) return mode_grow();
+    if (!strcmp(mode, "residue")) return mode_residue(argc > 2 && !strcmp(argv[2], "again"));
     if (!strcmp(mode, "flood")) {
         for (;;) fputs("flood flood flood flood flood flood flood flood\n", stdout);
     }

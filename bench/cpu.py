@@ -65,6 +65,12 @@ def burst(pid: int, call: Callable[[], object], clients: int, per_client: int) -
     )
 
 
+# perf's burst is at least this many requests per client. The smoke run's 2 lasted ~50 ms, and
+# twice perf saw no LiteRT in the service at all (likely still attaching to its threads); a
+# longer burst makes a late attach harmless.
+PERF_MIN_PER_CLIENT = 10
+
+
 def perf_by_library(
     pid: int, call: Callable[[], object], clients: int, per_client: int, data: Path
 ) -> dict[str, float]:
@@ -74,7 +80,7 @@ def perf_by_library(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(0.5)  # perf attaches to every thread
+    time.sleep(1.0)  # perf attaches to every thread
     latencies, _ = concurrent(call, clients, per_client)
     record.send_signal(signal.SIGINT)
     record.wait(timeout=60)
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, (pid, call) in sides.items():
                     grouped: dict[str, float] = {}
                     for library, ms in perf_by_library(
-                        pid, call, args.clients, per_round, work / f"{name}.data"
+                        pid, call, args.clients, max(per_round, PERF_MIN_PER_CLIENT), work / f"{name}.data"
                     ).items():
                         grouped[library_group(library)] = grouped.get(library_group(library), 0.0) + ms
                     split[name] = grouped

@@ -32,10 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -83,43 +83,28 @@ def interleaved(cases: dict[str, Callable[[], float]], runs: int) -> dict[str, f
     return {name: median_ms(values) for name, values in samples.items()}
 
 
-_decoded: dict[bytes, np.ndarray] = {}
-
-
-def _decode_once(data: object, *args: object, **kwargs: object) -> np.ndarray:
-    key = bytes(data)  # type: ignore[call-overload]
-    if key not in _decoded:
-        _decoded[key] = _real_decode(data, *args, **kwargs)
-    return _decoded[key].copy()
-
-
-_real_decode = image_abi.decode_rgb
-
-
-def _no_invoke(_context: LiteRtContext) -> None:
-    pass
-
-
 def stubbed(run: Callable[[], float]) -> float:
-    """`run` with Pillow's decode answering a copy of its first result and LiteRT's invoke doing
-    nothing: the same host, guest and copies, without what their work does to the caches. The
-    last of three runs in a row, so that what ran just before it did no real decode either."""
-    with _stubbed_decode_and_invoke():
+    """`run` with Pillow's decode answering a copy of its first result (the profile decodes one
+    image) and LiteRT's invoke doing nothing: the same host, guest and copies, without what
+    their work does to the caches. The last of three runs in a row, so that what ran just
+    before it did no real decode either."""
+    real_decode, real_compute = image_abi.decode_rgb, LiteRtContext.compute
+    decoded: list[np.ndarray] = []
+
+    def decode_once(*args: Any, **kwargs: Any) -> np.ndarray:
+        if not decoded:
+            decoded.append(real_decode(*args, **kwargs))
+        return decoded[0].copy()
+
+    image_abi.decode_rgb = decode_once  # type: ignore[assignment]
+    LiteRtContext.compute = lambda _context: None  # type: ignore[method-assign]
+    try:
         run()
         run()
         return run()
-
-
-@contextmanager
-def _stubbed_decode_and_invoke() -> Iterator[None]:
-    compute = LiteRtContext.compute
-    image_abi.decode_rgb = _decode_once  # type: ignore[assignment]
-    LiteRtContext.compute = _no_invoke  # type: ignore[method-assign]
-    try:
-        yield
     finally:
-        image_abi.decode_rgb = _real_decode
-        LiteRtContext.compute = compute  # type: ignore[method-assign]
+        image_abi.decode_rgb = real_decode
+        LiteRtContext.compute = real_compute  # type: ignore[method-assign]
 
 
 def floor_phases(classifier: Classifier, guest: Guest, runs: int) -> dict[str, float]:

@@ -122,6 +122,11 @@ class _EpochTicker:
         self._stop.set()
 
 
+# What engine_config sets, in the compiled-guest cache's key: compiled code is only valid for
+# the wasmtime build and the settings it was compiled with.
+ENGINE_SETTINGS = "epoch; opt=speed; memory_may_move=off"
+
+
 def engine_config() -> wasmtime.Config:
     """The Engine's settings: deadlines by epoch, code optimised for speed, and memories that stay
     where they are when they grow (32-bit memories fit the default reservation), so a run maps
@@ -138,9 +143,8 @@ class WasmHost:
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.engine = wasmtime.Engine(engine_config())
-        # Compiled code is only valid for this wasmtime build and these settings.
         self.fingerprint = hashlib.sha256(
-            f"wasmtime-py {version('wasmtime')}; epoch; opt=speed".encode()
+            f"wasmtime-py {version('wasmtime')}; {ENGINE_SETTINGS}".encode()
         ).hexdigest()[:16]
         self.cache_dir = cache_dir
         self.linker = wasmtime.Linker(self.engine)
